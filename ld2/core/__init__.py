@@ -1,0 +1,1 @@
+"""Pure domain code: no I/O, no Redis. Everything else in ld2 builds on these modules."""

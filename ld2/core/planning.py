@@ -1,0 +1,176 @@
+"""Chunk planning: how many points the next trial takes, and in which order chunks are issued.
+
+Every trial is a contiguous flat range ``[start, start+count)``. An *aligned* trial is also a
+box (leading axes of size 1, one partial axis, trailing axes full): the largest such box from
+`start` with at most `limit` points, the shapes lite_dist2 hands out on finite spaces. A
+*jagged* trial (``strict_aligned: false`` on ≥ 2 axes) is simply the next `limit` points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ld2.core.errors import InvalidInput
+from ld2.core.space import Space
+
+
+def uses_jagged(space: Space, strict_aligned: bool) -> bool:
+    """lite_dist2's rule: point lists only when not strict and the space has ≥ 2 axes."""
+    return not strict_aligned and space.dim >= 2
+
+
+def check_max_size(max_size: int, field: str = "max_size") -> None:
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise InvalidInput(field, f"must be a positive integer, got {max_size!r}")
+
+
+def aligned_count(space: Space, start: int, limit: int) -> int:
+    """Points in the largest aligned box starting at flat `start` with at most `limit` points.
+
+    Walking from the last axis outwards, the box may grow to the rest of the current row, then
+    whole rows to the end of the plane, then whole planes, … as far as `start` is aligned.
+    """
+    check_max_size(limit, "limit")
+    if not space.contains(start):
+        raise InvalidInput("start", f"{start} is outside the space")
+    rest = start
+    count = 1
+    for d in range(space.dim - 1, -1, -1):
+        stride = space.strides[d]
+        size = space.sizes[d]
+        index = (rest // stride) if size is None else (rest // stride) % size
+        remaining = None if size is None else size - index  # points left on axis d, in strides
+        whole = limit // stride
+        if remaining is not None and remaining <= whole:
+            count = remaining * stride
+            if index != 0:  # the box cannot grow past a partially covered axis
+                return count
+            continue
+        return max(count, whole * stride)
+    return count
+
+
+def plan_count(space: Space, start: int, limit: int, jagged: bool) -> int:
+    """Points of the next trial at flat `start`, at most `limit` (already capped by any gap)."""
+    if jagged:
+        check_max_size(limit, "limit")
+        if not space.contains(start):
+            raise InvalidInput("start", f"{start} is outside the space")
+        return limit if space.total is None else min(limit, space.total - start)
+    return aligned_count(space, start, limit)
+
+
+def box_of(space: Space, start: int, count: int) -> list[tuple[int, int]]:
+    """Per-axis ``(first index, size)`` of the flat range, which must be an aligned box."""
+    if count < 1 or not space.contains(start) or not space.contains(start + count - 1):
+        raise InvalidInput("range", f"[{start}, {start + count}) is not inside the space")
+    first = space.unravel(start)
+    last = space.unravel(start + count - 1)
+    out = [(a, b - a + 1) for a, b in zip(first, last, strict=True)]
+    box_points = 1
+    for _, n in out:
+        box_points *= n
+    if box_points != count:
+        raise InvalidInput("range", f"[{start}, {start + count}) is not an aligned box")
+    return out
+
+
+# -- random order ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tiling:
+    """The chunks sequential planning produces from 0 with a fixed `limit`, numbered in order.
+
+    Chunk `n` is found in O(dim) without walking earlier chunks, which is what lets the random
+    order visit chunks through a bijection on chunk numbers.
+    """
+
+    space: Space
+    limit: int
+    jagged: bool
+
+    @property
+    def _axis_and_width(self) -> tuple[int, int]:
+        """The partial axis of a chunk and how many of its indices one chunk spans."""
+        if self.jagged:
+            return -1, self.limit
+        first = aligned_count(self.space, 0, self.limit)
+        for d in range(self.space.dim):
+            if first % self.space.strides[d] == 0:
+                return d, first // self.space.strides[d]
+        raise AssertionError("unreachable: stride of the last axis is 1")
+
+    @property
+    def count(self) -> int:
+        total = self.space.total
+        if total is None:
+            raise InvalidInput("parameter_space", "a random order needs a finite space")
+        axis, width = self._axis_and_width
+        if axis < 0:
+            return -(-total // width)
+        size = self.space.sizes[axis]
+        assert size is not None
+        per_row = -(-size // width)
+        return (total // (size * self.space.strides[axis])) * per_row
+
+    def chunk(self, n: int) -> tuple[int, int]:
+        """``(start, count)`` of chunk number `n`."""
+        total = self.space.total
+        assert total is not None
+        axis, width = self._axis_and_width
+        if axis < 0:
+            start = n * width
+            return start, min(width, total - start)
+        size = self.space.sizes[axis]
+        stride = self.space.strides[axis]
+        assert size is not None
+        per_row = -(-size // width)
+        row, j = divmod(n, per_row)
+        first = j * width
+        return row * size * stride + first * stride, min(width, size - first) * stride
+
+
+class Permutation:
+    """A reproducible pseudo-random bijection on ``range(n)`` with O(1) state.
+
+    A 4-round Feistel network over the smallest even-bit power of two ≥ n, with cycle walking
+    to stay inside ``range(n)``. The same (n, seed) always gives the same order.
+    """
+
+    __slots__ = ("_half", "_keys", "_mask", "n")
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise InvalidInput("n", f"must be at least 1, got {n}")
+        self.n = n
+        bits = max(2, (n - 1).bit_length())
+        bits += bits % 2
+        self._half = bits // 2
+        self._mask = (1 << self._half) - 1
+        self._keys = tuple(_mix(seed * 4 + r) for r in range(4))
+
+    def _round(self, x: int, key: int) -> int:
+        return _mix(x ^ key) & self._mask
+
+    def _encrypt(self, x: int) -> int:
+        left, right = x >> self._half, x & self._mask
+        for key in self._keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << self._half) | right
+
+    def __call__(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise InvalidInput("i", f"{i} is outside range({self.n})")
+        x = self._encrypt(i)
+        while x >= self.n:  # the domain is < 4n, so this walk is short on average
+            x = self._encrypt(x)
+        return x
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a cheap, well-spread 64-bit hash."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
