@@ -10,7 +10,7 @@ from ld2.core.space import Axis, Space
 @st.composite
 def axes(draw: st.DrawFn, name: str, infinite: bool = False) -> Axis:
     kind = draw(st.sampled_from(["bool", "int", "float"]))
-    size = None if infinite and kind != "bool" else None
+    size = None
     if kind == "bool":
         start = draw(st.booleans())
         return Axis("bool", start, True, 1 if start else draw(st.integers(1, 2)), name)

@@ -16,7 +16,8 @@ def _space(sizes: list[int | None]) -> Space:
 def _describe(space: Space, n: int, start: int, count: int, jagged: bool) -> str:
     if jagged:
         pts = " ".join(
-            "(" + ",".join(str(i) for i in space.unravel(f)) + ")" for f in range(start, start + count)
+            "(" + ",".join(str(i) for i in space.unravel(f)) + ")"
+            for f in range(start, start + count)
         )
         return f"{hex(n)} jagged n={count} {pts}"
     box = " x ".join(f"[{i}:+{k}]" for i, k in box_of(space, start, count))
@@ -80,7 +81,9 @@ def test_limit_caps_gaps() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(spaces(allow_infinite=False), st.integers(1, 50), st.booleans())
-def test_planning_covers_every_point_exactly_once(space: Space, max_size: int, strict: bool) -> None:
+def test_planning_covers_every_point_exactly_once(
+    space: Space, max_size: int, strict: bool
+) -> None:
     jagged = uses_jagged(space, strict)
     start, seen = 0, []
     assert space.total is not None

@@ -33,7 +33,13 @@ def test_float_encoding_matches_lite_dist2(value: float, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0, "0x0"), (255, "0xff"), (-255, "-0xff"), (2**64, "0x10000000000000000"), (2**128, "0x1" + "0" * 32)],
+    [
+        (0, "0x0"),
+        (255, "0xff"),
+        (-255, "-0xff"),
+        (2**64, "0x10000000000000000"),
+        (2**128, "0x1" + "0" * 32),
+    ],
 )
 def test_int_encoding(value: int, text: str) -> None:
     assert portable.encode(value, "int") == text
@@ -48,7 +54,9 @@ def test_bool_is_a_json_bool() -> None:
             portable.decode(bad, "bool", "flag")
 
 
-@pytest.mark.parametrize("text", ["10", "ff", "0.1", "1e3", " 0x1", "0x1_0", "+0x1", "", "0x", "1.5"])
+@pytest.mark.parametrize(
+    "text", ["10", "ff", "0.1", "1e3", " 0x1", "0x1_0", "+0x1", "", "0x", "1.5"]
+)
 def test_ambiguous_int_text_is_refused_with_field(text: str) -> None:
     with pytest.raises(InvalidInput) as err:
         portable.decode(text, "int", "axes[0].start")
@@ -56,7 +64,9 @@ def test_ambiguous_int_text_is_refused_with_field(text: str) -> None:
     assert "axes[0].start" in str(err.value)
 
 
-@pytest.mark.parametrize("text", ["0.1", "1.5", "1e3", "10", "infinity", "-nan", "Inf", " 0x1p0", "0x1p"])
+@pytest.mark.parametrize(
+    "text", ["0.1", "1.5", "1e3", "10", "infinity", "-nan", "Inf", " 0x1p0", "0x1p"]
+)
 def test_ambiguous_float_text_is_refused_with_field(text: str) -> None:
     with pytest.raises(InvalidInput, match=r"^step: "):
         portable.decode(text, "float", "step")

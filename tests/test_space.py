@@ -13,7 +13,7 @@ from tests.strategies_hyp import spaces
 def test_float_values_are_lite_dist2s_formula() -> None:
     axis = Axis("float", -2.0, 0.4, 10, "x")
     for i in range(10):
-        assert axis.value(i) == float(-2.0) + i * float(0.4)
+        assert axis.value(i) == -2.0 + i * 0.4
     # wire/45: lite_dist2's study-level value at index 9 is ...ap+0
     assert axis.value(9).hex() == "0x1.999999999999ap+0"
 

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -21,11 +22,26 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import WithJsonSchema
 
 from ld2.core import portable
 from ld2.core.portable import ValueType
 
-PortableValue: TypeAlias = StrictBool | StrictStr
+
+def _portable_shape(value: object) -> bool | str:
+    if isinstance(value, bool | str):
+        return value
+    raise ValueError(
+        f"a portable value is a JSON bool or a hex string such as '0x1a' or '0x1.8p+1', "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+PortableValue: TypeAlias = Annotated[
+    bool | str,
+    PlainValidator(_portable_shape),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string"}]}),
+]
 HexInt: TypeAlias = StrictStr
 ResultType: TypeAlias = Literal["scalar", "vector"]
 StudyStatus: TypeAlias = Literal["wait", "running", "done", "not_found"]
@@ -110,7 +126,7 @@ class MappingsStorage(WireModel):
 class ConstParamElement(WireModel):
     type: Literal["int", "float", "bool", "str"]
     key: str
-    value: StrictStr | StrictBool
+    value: PortableValue
 
     @field_validator("value")
     @classmethod

@@ -20,13 +20,20 @@ from ld2.core.portable import ValueType
 from ld2.core.space import Space
 
 _HEADER = struct.Struct("<cBxxII")  # kind, big-int width, pad, rows, columns (0 = scalar)
-_INT_KINDS = ((b"b", np.int8), (b"h", np.int16), (b"i", np.int32), (b"q", np.int64))
+_INT_KINDS = (  # narrowest first: mandelbrot's counts ≤ 255 take one byte a point
+    (b"B", np.uint8),
+    (b"b", np.int8),
+    (b"H", np.uint16),
+    (b"h", np.int16),
+    (b"I", np.uint32),
+    (b"i", np.int32),
+    (b"q", np.int64),
+)
 _DTYPES = {b"?": np.dtype("?"), b"d": np.dtype("<f8")} | {
     k: np.dtype(t).newbyteorder("<") for k, t in _INT_KINDS
 }
-_KIND_TYPE: dict[bytes, ValueType] = {b"?": "bool", b"d": "float", b"O": "int"} | {
-    k: "int" for k, _ in _INT_KINDS
-}
+_KIND_TYPE: dict[bytes, ValueType] = {b"?": "bool", b"d": "float", b"O": "int"}
+_KIND_TYPE.update((k, "int") for k, _ in _INT_KINDS)
 
 
 def coerce(

@@ -80,7 +80,7 @@ class Axis:
         if self.kind == "float":
             return float(self.start) + indices.astype(np.float64) * float(self.step)
         if self.kind == "bool":
-            return (indices.astype(np.int64) + int(self.start)) != 0
+            return np.not_equal(indices.astype(np.int64) + int(self.start), 0)
         start, step = int(self.start), int(self.step)
         if indices.dtype != object and indices.size:
             lo, hi = int(indices.min()), int(indices.max())
