@@ -19,3 +19,124 @@ def wire_json(name: str) -> Any:
 def wire_dir() -> Path:
     assert WIRE.is_dir(), f"the lite_dist2 captures are expected at {WIRE}"
     return WIRE
+
+
+# -- backends ---------------------------------------------------------------------------------------
+# One behaviour suite runs against every engine available: a private redis-server (when the
+# binary exists), LD2_TEST_REDIS_URL (when set), the embedded Valkey (always) and fakeredis
+# (in-process; for the fast layer). The shared server on 6379 is never touched.
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+import redis  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+
+from ld2.store.embedded import EmbeddedServer  # noqa: E402
+from ld2.store.redis import RedisTable  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A redis-server of this test session only, on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(500):
+        with contextlib.suppress(redis.ConnectionError):
+            if client.ping():
+                break
+        time.sleep(0.01)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedServer(tmp_path_factory.mktemp("state"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+# Only engines that exist here are parametrised, so nothing is skipped for want of one.
+REAL_BACKENDS = (
+    (["redis"] if shutil.which("redis-server") else [])
+    + (["env"] if os.environ.get("LD2_TEST_REDIS_URL") else [])
+    + ["valkey"]
+)
+BACKENDS = [*REAL_BACKENDS, "fake"]
+
+
+def backend_url(request: pytest.FixtureRequest, name: str) -> str | None:
+    if name == "redis":
+        return request.getfixturevalue("private_redis_url")  # type: ignore[no-any-return]
+    if name == "env":
+        return os.environ["LD2_TEST_REDIS_URL"]
+    if name == "valkey":
+        return request.getfixturevalue("embedded_url")  # type: ignore[no-any-return]
+    return None
+
+
+@contextlib.asynccontextmanager
+async def make_table(
+    request: pytest.FixtureRequest, name: str, **kw: object
+) -> AsyncIterator[RedisTable]:
+    """A table under a fresh key prefix; its keys are deleted afterwards."""
+    prefix = f"ld2test-{uuid.uuid4().hex[:12]}"
+    url = backend_url(request, name)
+    if url is None:
+        import fakeredis
+
+        client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    else:
+        client = aioredis.Redis.from_url(url)
+    table = RedisTable(client, prefix=prefix, url=url or "fakeredis", index_ttl=0.0, **kw)  # type: ignore[arg-type]
+    try:
+        yield table
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable]:
+    async with make_table(request, request.param) as t:
+        yield t
+
+
+@pytest.fixture(params=REAL_BACKENDS)
+async def real_table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable]:
+    async with make_table(request, request.param) as t:
+        yield t
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend name, for tests that need tables with their own settings (make_table)."""
+    return str(request.param)

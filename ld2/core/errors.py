@@ -29,3 +29,23 @@ class InvalidInput(LD2Error, ValueError):
             else (f"{prefix}{self.field}")
         )
         return InvalidInput(field, self.problem)
+
+
+class NotFound(LD2Error, LookupError):
+    """No such study (or it is no longer active, where that is what the caller needs)."""
+
+
+class TrialRejected(LD2Error):
+    """A trial that cannot be accepted: not reserved, reissued, another worker's, registered.
+
+    `reason` is a short code (``unknown``, ``reissued``, ``wrong_worker``, ``duplicate``,
+    ``mismatch``, ``vector_length``) and the message says it in words.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class BackendUnavailable(LD2Error, ConnectionError):
+    """Redis or the API could not be reached; the message names the URL."""

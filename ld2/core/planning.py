@@ -135,29 +135,40 @@ class Permutation:
     """A reproducible pseudo-random bijection on ``range(n)`` with O(1) state.
 
     A 4-round Feistel network over the smallest even-bit power of two ≥ n, with cycle walking
-    to stay inside ``range(n)``. The same (n, seed) always gives the same order.
+    to stay inside ``range(n)``. Its arithmetic stays below 2⁵³ and its xors below 2³¹, so
+    the store's Lua scripts (doubles and 32-bit ``bit.bxor``) compute the very same order.
     """
 
-    __slots__ = ("_half", "_keys", "_mask", "n")
+    __slots__ = ("half", "keys", "n")
+
+    MAX_N = 2**54
+    MUL1 = 0x3C6EF35  # odd multipliers below 2**26: products with half-words stay < 2**53
+    MUL2 = 0x27D4EB5
 
     def __init__(self, n: int, seed: int) -> None:
-        if n < 1:
-            raise InvalidInput("n", f"must be at least 1, got {n}")
+        if not 1 <= n <= self.MAX_N:
+            raise InvalidInput("n", f"must be between 1 and 2**54, got {n}")
         self.n = n
         bits = max(2, (n - 1).bit_length())
         bits += bits % 2
-        self._half = bits // 2
-        self._mask = (1 << self._half) - 1
-        self._keys = tuple(_mix(seed * 4 + r) for r in range(4))
+        self.half = bits // 2
+        self.keys = tuple(_mix(seed * 4 + r) % (1 << self.half) for r in range(4))
 
     def _round(self, x: int, key: int) -> int:
-        return _mix(x ^ key) & self._mask
+        h = self.half
+        m = (1 << h) - 1
+        x = (x + key) & m
+        x = (x * self.MUL1) & m
+        x ^= x >> (h // 2 + 1)
+        x = (x * self.MUL2) & m
+        return x ^ (x >> (h // 2))
 
     def _encrypt(self, x: int) -> int:
-        left, right = x >> self._half, x & self._mask
-        for key in self._keys:
+        h = self.half
+        left, right = x >> h, x & ((1 << h) - 1)
+        for key in self.keys:
             left, right = right, left ^ self._round(right, key)
-        return (left << self._half) | right
+        return (left << h) | right
 
     def __call__(self, i: int) -> int:
         if not 0 <= i < self.n:
@@ -169,7 +180,7 @@ class Permutation:
 
 
 def _mix(x: int) -> int:
-    """splitmix64's finaliser: a cheap, well-spread 64-bit hash."""
+    """splitmix64's finaliser: spreads a seed into round keys (computed once, in Python)."""
     x &= 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF

@@ -1,0 +1,1 @@
+"""Where studies and trials live: the `Table` interface and its implementations."""

@@ -1,0 +1,229 @@
+"""The `Table` interface: everything API, workers, CLI and reaper ask of the shared state.
+
+Implementations: `RedisTable` (Redis or the embedded Valkey; the only code that knows keys and
+Lua) and, over the HTTP API, `HttpTable`. One behaviour suite runs against each.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+
+from ld2.core import models as m
+from ld2.core.study import StudySpec
+from ld2.core.subspace import space_to_wire, trial_space
+
+Status = Literal["wait", "running", "paused", "done"]
+Outcome = Literal["ok", "ignored"]
+LeaseAnswer = Literal["ok", "stop"]
+
+MAX_TOTAL = 2**53
+"""Largest finite study: flat indices stay exact inside Redis's Lua (doubles)."""
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """What identifies a leased trial when its results come back."""
+
+    study_id: str
+    trial_id: str
+    worker_id: str
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Reservation(TrialRef):
+    """A leased trial: the flat range ``[start, start+count)`` of one study."""
+
+    worker_name: str | None
+    attempt: int
+    reserved_at: datetime
+    deadline: datetime
+    spec: StudySpec
+
+    def arrays(self) -> list[np.ndarray]:
+        """Per-axis value arrays of the trial's points (what a vectorised runner receives)."""
+        return self.spec.space.arrays(self.start, self.count)
+
+    def to_wire(self) -> m.TrialModel:
+        reg = self.spec.registry
+        return m.TrialModel(
+            study_id=self.study_id,
+            trial_id=self.trial_id,
+            reserved_timestamp=self.reserved_at,
+            trial_status="running",
+            const_param=reg.const_param,
+            parameter_space=trial_space(self.spec.space, self.start, self.count, self.spec.jagged),
+            result_type=reg.result_type,
+            result_value_type=reg.result_value_type,
+            worker_node_name=self.worker_name,
+            worker_node_id=self.worker_id,
+        )
+
+
+@dataclass(frozen=True)
+class StudyState:
+    """A study's spec and counters as the table holds them right now."""
+
+    study_id: str
+    spec: StudySpec
+    status: Status
+    done: int
+    failed: int
+    reserved: int
+    registered_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    priority: int = 0
+    hit_flat: int | None = None
+    best_flat: int | None = None
+    vector_len: int | None = None
+
+    @property
+    def total(self) -> int | None:
+        return self.spec.total
+
+    @property
+    def label(self) -> str:
+        """The name, or the study id for a study registered without one."""
+        return self.spec.name or self.study_id
+
+    @property
+    def wire_status(self) -> Literal["wait", "running", "done"]:
+        """lite_dist2 knows no "paused": a paused study shows as what it was before."""
+        if self.status == "paused":
+            return "wait" if self.started_at is None else "running"
+        return self.status
+
+    def summary(self) -> m.StudySummary:
+        reg = self.spec.registry
+        return m.StudySummary(
+            **_common(reg),
+            study_id=self.study_id,
+            status=self.wire_status,
+            registered_timestamp=self.registered_at,
+            parameter_space=space_to_wire(self.spec.space),
+            total_grids=self.total,
+            done_grids=self.done,
+        )
+
+
+def _common(reg: m.StudyRegistry) -> dict[str, Any]:
+    return {name: getattr(reg, name) for name in m.StudyCommon.model_fields}
+
+
+@dataclass(frozen=True)
+class ResultBlock:
+    """Registered results of the flat range starting at `start`, in flat order."""
+
+    start: int
+    values: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A quarantined range: it failed `attempts` times; `error` is the last reason."""
+
+    start: int
+    count: int
+    attempts: int
+    error: str
+
+
+class Table(abc.ABC):
+    """The shared state of every study, as API, workers, CLI and reaper see it."""
+
+    @abc.abstractmethod
+    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
+        """Validate and store a study; returns its id. Invalid input writes nothing."""
+
+    @abc.abstractmethod
+    async def reserve(
+        self,
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+    ) -> Reservation | None:
+        """Lease the next trial of the first study these capacities cover, or None."""
+
+    @abc.abstractmethod
+    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+        """Register a trial's results (typed array, flat order); "ignored" once solved."""
+
+    @abc.abstractmethod
+    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+        """Register a lite_dist2 trial upload (its space and mappings are checked)."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
+        """Extend a lease; "stop" means abandon the trial (solved, cancelled or reissued)."""
+
+    @abc.abstractmethod
+    async def fail(
+        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+    ) -> None:
+        """Hand a trial back: a failure (counts an attempt) or a shutdown (does not)."""
+
+    @abc.abstractmethod
+    async def reap(self) -> int:
+        """Hand back every expired lease; returns how many. Safe in any number of copies."""
+
+    @abc.abstractmethod
+    async def cancel(self, study_id: str) -> None:
+        """Remove an active study and everything of it; its name becomes free."""
+
+    @abc.abstractmethod
+    async def pause(self, study_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self, study_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def get_study(
+        self, study_id: str | None = None, name: str | None = None
+    ) -> StudyState: ...
+
+    @abc.abstractmethod
+    async def list_studies(self) -> list[StudyState]:
+        """Finished studies first (in completion order), then active ones (registration order)."""
+
+    @abc.abstractmethod
+    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse: ...
+
+    @abc.abstractmethod
+    def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:
+        """Registered results in grid order, block by block (also while the study runs)."""
+
+    @abc.abstractmethod
+    async def failures(self, study_id: str) -> list[Failure]: ...
+
+    @abc.abstractmethod
+    async def export_snapshot(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def import_snapshot(self, data: dict[str, Any]) -> list[str]:
+        """Load an ld2 snapshot or a lite_dist2 ``curriculum.json``; returns the study ids."""
+
+    async def close(self) -> None:  # noqa: B027 (optional for implementations)
+        """Release connections."""
+
+    async def __aenter__(self) -> Table:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

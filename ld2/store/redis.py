@@ -1,0 +1,687 @@
+"""`RedisTable`: the table in Redis. The only module that knows key names and scripts.
+
+Every state change is one Lua script call on one study's keys (hash tag ``{study_id}``), with
+the clock read from Redis ``TIME``; so it is atomic and runs unchanged on Redis Cluster. The
+global index of active studies is only a hint for finding work: a study's own hash is the truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ld2.core import models as m
+from ld2.core import results
+from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
+from ld2.core.planning import Permutation, check_max_size
+from ld2.core.strategies import best_of, find_hit, order_key
+from ld2.core.study import StudySpec, parse_study
+from ld2.core.subspace import trial_range
+from ld2.store import lite_dist2_import
+from ld2.store.base import (
+    MAX_TOTAL,
+    Failure,
+    LeaseAnswer,
+    Outcome,
+    Reservation,
+    ResultBlock,
+    StudyState,
+    Table,
+    TrialRef,
+    from_ms,
+)
+
+STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
+_SCRIPTS = ("reserve", "register", "heartbeat", "fail", "reap", "create", "control", "touch_worker")
+_REJECTIONS = {
+    "unknown": "Trial not reserved: unknown id, or already reissued after its lease expired.",
+    "reissued": "Trial expired and its range was reissued to another worker; result refused.",
+    "wrong_worker": "Trial is reserved by another worker (worker_node_id differs).",
+    "duplicate": "Trial is already registered.",
+    "mismatch": "Trial space differs from the range that was reserved under this trial id.",
+    "vector_length": "Vector results have another length than this study's earlier results.",
+}
+DEFAULT_TIMEOUT_S = 600
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files("ld2.store") / "scripts"
+    lib = (folder / "lib.lua").read_text()
+    return {name: lib + "\n" + (folder / f"{name}.lua").read_text() for name in _SCRIPTS}
+
+
+def _s(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _clean(text: str | None) -> str:
+    """Worker ids and names are stored tab-separated: keep them one clean field each."""
+    return (text or "").replace("\t", " ").replace("\n", " ")
+
+
+def study_id_of(trial_id: str) -> str:
+    """Trial ids are ``<study id>-0x<n>``, so the study follows from the trial."""
+    sid, sep, _ = trial_id.rpartition("-")
+    if not sep or not sid:
+        raise NotFound(f"Not a trial id: {trial_id!r}")
+    return sid
+
+
+class RedisTable(Table):
+    """The table over a redis-py asyncio client.
+
+    `trial_timeout` is the lease length in seconds; `max_attempts` how often a range may fail
+    or expire before it is quarantined; `index_ttl` how long the list of active studies may be
+    cached by this process before a reserve reads it again.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "ld2",
+        trial_timeout: float = DEFAULT_TIMEOUT_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        index_ttl: float = 1.0,
+        url: str = "",
+    ) -> None:
+        if trial_timeout <= 0:
+            raise InvalidInput("trial_timeout_seconds", "must be positive")
+        if max_attempts < 1:
+            raise InvalidInput("max_attempts", "must be at least 1")
+        self.client = client
+        self.prefix = prefix
+        self.url = url
+        self.trial_timeout_ms = int(trial_timeout * 1000)
+        self.max_attempts = max_attempts
+        self.index_ttl = index_ttl
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(text) for name, text in _load_scripts().items()
+        }
+        self._specs: dict[str, StudySpec] = {}
+        self._index: list[tuple[str, frozenset[str]]] = []
+        self._index_at = -1e9
+        self._workers_seen: dict[str, float] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisTable:
+        client = aioredis.Redis.from_url(url)
+        return cls(client, url=url, **kwargs)
+
+    # -- keys -----------------------------------------------
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}:{{g}}:{name}"
+
+    def study_keys(self, sid: str) -> list[str]:
+        return [f"{self.prefix}:{{{sid}}}:{k}" for k in STUDY_KEYS]
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._scripts[name](keys=list(keys), args=list(args))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            raise BackendUnavailable(f"Redis at {self.url or 'the given client'}: {err}") from err
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {err}") from err
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- studies -----------------------------------------------
+    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
+        spec = parse_study(registry)
+        if spec.total is not None and spec.total > MAX_TOTAL:
+            raise InvalidInput(
+                "study.parameter_space",
+                f"{spec.total} points is more than ld2's limit of 2**53 for a finite study",
+            )
+        if not -1000 <= priority <= 1000:
+            raise InvalidInput("priority", "must be between -1000 and 1000")
+        sid = str(uuid.uuid4())
+        if spec.name is not None:
+            await self._claim_name(spec.name, sid)
+        seq = int(await self.client.incr(self._g("seq")))
+        space = spec.space
+        seed = uuid.UUID(sid).int & 0xFFFFFFFF
+        keys27 = [k % (1 << 27) for k in Permutation(2**54, seed).keys]
+        fields: dict[str, str] = {
+            "id": sid,
+            "spec": spec.registry.model_dump_json(),
+            "status": "wait",
+            "total": str(-1 if spec.total is None else spec.total),
+            "cursor": "0",
+            "done": "0",
+            "failed": "0",
+            "reserved": "0",
+            "tseq": "0",
+            "sizes": ",".join(str(-1 if n is None else n) for n in space.sizes),
+            "strides": ",".join(str(n) for n in space.strides),
+            "jagged": "1" if spec.jagged else "0",
+            "order": "random" if spec.order == "random" else "seq",
+            "r_n": "0",
+            "r_keys": ",".join(str(k) for k in keys27),
+            "timeout_ms": str(self.trial_timeout_ms),
+            "max_attempts": str(self.max_attempts),
+            "strategy": spec.strategy,
+            "vlen": "0",
+            "priority": str(priority),
+            "seq": str(seq),
+        }
+        flat_args = [x for kv in fields.items() for x in kv]
+        await self._call("create", self.study_keys(sid)[:1], flat_args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
+            pipe.zadd(self._g("studies"), {sid: seq})
+            await pipe.execute()
+        self._specs[sid] = spec
+        self._index_at = -1e9
+        return sid
+
+    async def _claim_name(self, name: str, sid: str) -> None:
+        names = self._g("names")
+        if await self.client.hsetnx(names, name, sid):
+            return
+        holder = _s(await self.client.hget(names, name))
+        if holder and await self.client.exists(self.study_keys(holder)[0]):
+            raise InvalidInput("study.name", f"the name {name!r} is already registered")
+        await self.client.hset(names, name, sid)  # left behind by a failed registration
+
+    async def _spec(self, sid: str) -> StudySpec:
+        spec = self._specs.get(sid)
+        if spec is None:
+            raw = await self.client.hget(self.study_keys(sid)[0], "spec")
+            if raw is None:
+                raise NotFound(f"Study not found: study_id={sid}")
+            spec = parse_study(m.StudyRegistry.model_validate_json(raw))
+            self._specs[sid] = spec
+        return spec
+
+    async def _resolve(self, study_id: str | None, name: str | None) -> str:
+        if (study_id is None) == (name is None):
+            raise InvalidInput("study_id", "give exactly one of study_id and name")
+        if study_id is not None:
+            return study_id
+        sid = _s(await self.client.hget(self._g("names"), name or ""))
+        if sid is None:
+            raise NotFound(f"Study not found: name={name}")
+        return sid
+
+    def _state(self, sid: str, h: dict[bytes, bytes], spec: StudySpec) -> StudyState:
+        def num(key: str) -> int | None:
+            v = h.get(key.encode())
+            return None if v is None else int(v)
+
+        vlen = num("vlen")
+        return StudyState(
+            study_id=sid,
+            spec=spec,
+            status=h[b"status"].decode(),  # type: ignore[arg-type]
+            done=num("done") or 0,
+            failed=num("failed") or 0,
+            reserved=num("reserved") or 0,
+            registered_at=from_ms(num("registered_ms")),  # type: ignore[arg-type]
+            started_at=from_ms(num("started_ms")),
+            finished_at=from_ms(num("finished_ms")),
+            priority=num("priority") or 0,
+            hit_flat=num("hit_flat"),
+            best_flat=num("best_flat"),
+            vector_len=vlen or None,
+        )
+
+    async def get_study(self, study_id: str | None = None, name: str | None = None) -> StudyState:
+        sid = await self._resolve(study_id, name)
+        h = await self.client.hgetall(self.study_keys(sid)[0])
+        if not h:
+            raise NotFound(f"Study not found: study_id={sid}")
+        return self._state(sid, h, await self._spec(sid))
+
+    async def list_studies(self) -> list[StudyState]:
+        sids = [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(self.study_keys(sid)[0])
+            hashes = await pipe.execute()
+        states = [
+            self._state(sid, h, await self._spec(sid))
+            for sid, h in zip(sids, hashes, strict=True)
+            if h
+        ]
+        finished = sorted(
+            (s for s in states if s.status == "done"),
+            key=lambda s: s.finished_at or s.registered_at,
+        )
+        return finished + [s for s in states if s.status != "done"]
+
+    async def _control(self, study_id: str, action: str) -> None:
+        keys = self.study_keys(study_id)
+        outcome, status = (_s(x) for x in await self._call("control", keys, [action]))
+        if outcome == "missing":
+            raise NotFound(f"Study not found: study_id={study_id}")
+        if outcome == "inactive":
+            raise NotFound(f"Study {study_id} is {status}, not active")
+        if action == "cancel":
+            spec = self._specs.pop(study_id, None)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self._g("active"), study_id)
+                pipe.zrem(self._g("studies"), study_id)
+                if spec is not None and spec.name is not None:
+                    pipe.hdel(self._g("names"), spec.name)
+                await pipe.execute()
+            self._index_at = -1e9
+
+    async def cancel(self, study_id: str) -> None:
+        if study_id not in self._specs:
+            await self._spec(study_id)  # so the name can be freed
+        await self._control(study_id, "cancel")
+
+    async def pause(self, study_id: str) -> None:
+        await self._control(study_id, "pause")
+
+    async def resume(self, study_id: str) -> None:
+        await self._control(study_id, "resume")
+        self._index_at = -1e9
+
+    # -- reserve -----------------------------------------------
+    async def _refresh_index(self) -> None:
+        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hmget(self.study_keys(sid)[0], "status", "spec")
+            rows = await pipe.execute()
+        running, waiting, gone = [], [], []
+        for sid, (status, spec_json) in zip(sids, rows, strict=True):
+            if status is None or status == b"done":
+                gone.append(sid)
+                continue
+            spec = self._specs.get(sid)
+            if spec is None:
+                spec = parse_study(m.StudyRegistry.model_validate_json(spec_json))
+                self._specs[sid] = spec
+            (running if status == b"running" else waiting).append((sid, spec.capacities))
+        if gone:
+            await self.client.zrem(self._g("active"), *gone)
+        self._index = running + waiting
+        self._index_at = time.monotonic()
+
+    async def _touch_worker(self, worker_id: str, worker_name: str | None) -> None:
+        now = time.monotonic()
+        if now - self._workers_seen.get(worker_id, -1e9) < 5.0:
+            return
+        self._workers_seen[worker_id] = now
+        await self._call(
+            "touch_worker",
+            [self._g("workers"), self._g("worker_names")],
+            [worker_id, _clean(worker_name)],
+        )
+
+    async def reserve(
+        self,
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+    ) -> Reservation | None:
+        check_max_size(max_size)
+        if not worker_id:
+            raise InvalidInput("worker_node_id", "must not be empty")
+        retained = frozenset(capacities)
+        await self._touch_worker(worker_id, worker_name)
+        fresh = time.monotonic() - self._index_at > self.index_ttl
+        if fresh:
+            await self._refresh_index()
+        for attempt in range(2):
+            for sid, caps in list(self._index):
+                if not caps <= retained:
+                    continue
+                got = await self._reserve_in(sid, max_size, worker_id, worker_name)
+                if got is not None:
+                    return got
+            if fresh or attempt:
+                return None
+            await self._refresh_index()  # maybe a study arrived since the index was cached
+            fresh = True
+        return None
+
+    async def _reserve_in(
+        self, sid: str, max_size: int, worker_id: str, worker_name: str | None
+    ) -> Reservation | None:
+        args = [sid, max_size, _clean(worker_id), _clean(worker_name)]
+        reply = [_s(x) or "" for x in await self._call("reserve", self.study_keys(sid)[:5], args)]
+        if reply[0] == "ok":
+            _, tid, start, count, attempt, now, deadline, _status = reply
+            return Reservation(
+                study_id=sid,
+                trial_id=tid,
+                worker_id=worker_id,
+                start=int(start),
+                count=int(count),
+                worker_name=worker_name,
+                attempt=int(attempt),
+                reserved_at=from_ms(int(now)),  # type: ignore[arg-type]
+                deadline=from_ms(int(deadline)),  # type: ignore[arg-type]
+                spec=await self._spec(sid),
+            )
+        if reply[0] in ("missing", "inactive"):
+            self._index = [(s, c) for s, c in self._index if s != sid]
+            if reply[0] == "missing" or reply[1] == "done":
+                await self.client.zrem(self._g("active"), sid)
+        return None
+
+    # -- register -----------------------------------------------
+    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+        spec = await self._spec(trial.study_id)
+        typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
+        return await self._register_typed(spec, trial, typed)
+
+    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+        spec = await self._spec(trial.study_id)
+        start, count = trial_range(spec.space, trial.parameter_space, "trial.parameter_space")
+        if trial.results is None:
+            raise InvalidInput("trial.results", "a registered trial needs its results")
+        if trial.result_type != spec.registry.result_type:
+            raise InvalidInput("trial.result_type", f"the study's is {spec.registry.result_type!r}")
+        if trial.result_value_type != spec.value_type:
+            raise InvalidInput("trial.result_value_type", f"the study's is {spec.value_type!r}")
+        try:
+            typed = results.from_mappings(
+                spec.space, start, count, trial.results, spec.value_type, spec.vector
+            )
+        except InvalidInput as err:
+            raise err.under("trial") from None
+        ref = TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count)
+        return await self._register_typed(spec, ref, typed)
+
+    async def _register_typed(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> Outcome:
+        hit = -1
+        if spec.strategy == "find_exact" and spec.target is not None:
+            found = find_hit(typed, spec.target)
+            hit = -1 if found is None else found
+        best_key, best_offset = "", 0
+        if spec.strategy == "minimize":
+            off = best_of(typed)
+            if off is not None:
+                best_key = order_key(
+                    typed[off : off + 1].tolist()[0], spec.value_type, trial.start + off
+                )
+                best_offset = off
+        vlen = int(typed.shape[1]) if typed.ndim == 2 else 0
+        args = [
+            trial.trial_id,
+            _clean(trial.worker_id),
+            trial.start,
+            trial.count,
+            results.pack(typed),
+            hit,
+            best_key,
+            best_offset,
+            vlen,
+            "",
+        ]
+        reply = await self._call("register", self.study_keys(trial.study_id), args)
+        outcome, status = (_s(x) or "" for x in reply)
+        if outcome in ("ok", "ignored"):
+            if status == "done":
+                await self.client.zrem(self._g("active"), trial.study_id)
+            return "ignored" if outcome == "ignored" else "ok"
+        if outcome in ("missing", "inactive"):
+            raise NotFound(f"Study not found: study_id={trial.study_id}")
+        raise TrialRejected(outcome, _REJECTIONS.get(outcome, outcome))
+
+    # -- leases -----------------------------------------------
+    async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
+        sid = study_id_of(trial_id)
+        answer = _s(
+            await self._call("heartbeat", self.study_keys(sid)[:4], [trial_id, _clean(worker_id)])
+        )
+        return "ok" if answer == "ok" else "stop"
+
+    async def fail(
+        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+    ) -> None:
+        sid = study_id_of(trial_id)
+        args = [trial_id, _clean(worker_id), _clean(error)[:500], 1 if count_attempt else 0]
+        outcome, status = (
+            _s(x) or "" for x in await self._call("fail", self.study_keys(sid)[:5], args)
+        )
+        if outcome == "missing":
+            raise NotFound(f"Study not found: study_id={sid}")
+        if outcome in ("unknown", "wrong_worker"):
+            raise TrialRejected(outcome, _REJECTIONS[outcome])
+        if status == "done":
+            await self.client.zrem(self._g("active"), sid)
+
+    async def reap(self) -> int:
+        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        total, finished = 0, []
+        for sid in sids:
+            n, status = await self._call("reap", self.study_keys(sid)[:5], [])
+            total += int(n)
+            if _s(status) in ("done", ""):
+                finished.append(sid)
+        if finished:
+            await self.client.zrem(self._g("active"), *finished)
+        return total
+
+    # -- reading -----------------------------------------------
+    async def iter_results(self, study_id: str, batch: int = 256) -> AsyncIterator[ResultBlock]:  # type: ignore[override]
+        keys = self.study_keys(study_id)
+        if not await self.client.exists(keys[0]):
+            raise NotFound(f"Study not found: study_id={study_id}")
+        low: float | str = "-inf"
+        while True:
+            rows = await self.client.zrangebyscore(
+                keys[6], low, "+inf", start=0, num=batch, withscores=True
+            )
+            if not rows:
+                return
+            payloads = await self.client.hmget(keys[5], [tid for tid, _ in rows])
+            for (_, score), payload in zip(rows, payloads, strict=True):
+                if payload is not None:
+                    yield ResultBlock(int(score), results.unpack(payload))
+            low = f"({int(rows[-1][1])}"
+
+    async def failures(self, study_id: str) -> list[Failure]:
+        out = []
+        for member in await self.client.zrange(self.study_keys(study_id)[4], 0, -1):
+            start, count, attempts, _tid, error = (_s(member) or "").split(":", 4)
+            out.append(Failure(int(start), int(count), int(attempts), error))
+        return out
+
+    async def server_time(self) -> datetime:
+        sec, usec = await self.client.time()
+        return from_ms(int(sec) * 1000 + int(usec) // 1000)  # type: ignore[return-value]
+
+    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
+        now = await self.server_time()
+        now_ms = int(now.timestamp() * 1000)
+        out = []
+        for state in await self.list_studies():
+            if state.status == "done":
+                continue
+            since_ms = now_ms - cutoff_sec * 1000
+            start = state.started_at or state.registered_at
+            window = min(cutoff_sec, max((now_ms - int(start.timestamp() * 1000)) / 1000, 0.0))
+            per_worker: dict[str, list[Any]] = {}
+            if cutoff_sec > 0:
+                events = await self.client.xrange(
+                    self.study_keys(state.study_id)[7], min=f"{since_ms + 1}", max="+"
+                )
+                for _eid, fields in events:
+                    wid = _s(fields[b"w"]) or ""
+                    entry = per_worker.setdefault(wid, [_s(fields.get(b"wn")) or None, 0])
+                    entry[1] += int(fields[b"n"])
+            effs = [
+                m.WorkerEfficiency(
+                    worker_id=w, worker_name=name, grid_velocity=n / window if window > 0 else 0.0
+                )
+                for w, (name, n) in per_worker.items()
+            ]
+            effs.sort(key=lambda e: -e.grid_velocity)
+            velocity = sum(e.grid_velocity for e in effs)
+            remaining = None if state.total is None else state.total - state.done - state.failed
+            eta: datetime | str = "unpredictable"
+            if remaining is not None and velocity > 0:
+                eta = datetime.fromtimestamp(now.timestamp() + remaining / velocity, tz=now.tzinfo)
+            out.append(
+                m.StudyProgressSummary(
+                    study_id=state.study_id,
+                    study_name=state.spec.name,
+                    total_grid="infinite" if state.total is None else state.total,
+                    done_grid=state.done,
+                    grid_velocity=velocity,
+                    eta=eta,  # type: ignore[arg-type]
+                    worker_efficiencies=effs,
+                )
+            )
+        return m.ProgressSummaryResponse(now=now, cutoff_sec=cutoff_sec, progress_summaries=out)
+
+    # -- snapshots -----------------------------------------------
+    async def export_snapshot(self) -> dict[str, Any]:
+        studies = []
+        for sid in [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]:
+            keys = self.study_keys(sid)
+            h = await self.client.hgetall(keys[0])
+            if not h:
+                continue
+            trials = await self.client.hgetall(keys[3])
+            in_flight = []
+            for rec in trials.values():
+                start, count, attempt, *_ = rec.decode().split("\t")
+                in_flight.append([int(start), int(count), int(attempt)])
+            back = [
+                [int(x) for x in (_s(mm) or "").split(":")[:3]]
+                for mm in await self.client.zrange(keys[1], 0, -1)
+            ]
+            blocks = []
+            for tid, score in await self.client.zrange(keys[6], 0, -1, withscores=True):
+                payload = await self.client.hget(keys[5], tid)
+                if payload is not None:
+                    blocks.append([_s(tid), int(score), base64.b64encode(payload).decode()])
+            studies.append(
+                {
+                    "hash": {k.decode(): v.decode() for k, v in h.items()},
+                    "back": back + [r for r in in_flight if r not in back],
+                    "failed": [_s(x) for x in await self.client.zrange(keys[4], 0, -1)],
+                    "best": [_s(x) for x in await self.client.zrange(keys[8], 0, -1)],
+                    "results": blocks,
+                }
+            )
+        return {"format": "ld2-snapshot", "version": 1, "studies": studies}
+
+    async def import_snapshot(self, data: dict[str, Any]) -> list[str]:
+        if data.get("format") != "ld2-snapshot":
+            if "studies" in data and "storages" in data:
+                return await lite_dist2_import.import_curriculum(self, data)
+            raise InvalidInput(
+                "snapshot", "neither an ld2 snapshot nor a lite_dist2 curriculum.json"
+            )
+        out = []
+        for study in data["studies"]:
+            h = dict(study["hash"])
+            sid = h["id"]
+            keys = self.study_keys(sid)
+            if await self.client.exists(keys[0]):
+                continue
+            spec = parse_study(m.StudyRegistry.model_validate_json(h["spec"]))
+            if spec.name is not None:
+                await self._claim_name(spec.name, sid)
+            back = {tuple(r) for r in study["back"]}
+            h["reserved"] = "0"
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(keys[0], mapping=h)
+                for start, count, attempts in sorted(back):
+                    pipe.zadd(keys[1], {f"{start}:{count}:{attempts}:-": start})
+                for member in study["failed"]:
+                    pipe.zadd(keys[4], {member: int(member.split(":")[0])})
+                for member in study.get("best", []):
+                    pipe.zadd(keys[8], {member: 0})
+                for tid, start, payload in study["results"]:
+                    pipe.hset(keys[5], tid, base64.b64decode(payload))
+                    pipe.zadd(keys[6], {tid: start})
+                await pipe.execute()
+            await self._index_study(sid, h)
+            out.append(sid)
+        self._index_at = -1e9
+        return out
+
+    async def _index_study(self, sid: str, h: dict[str, str]) -> None:
+        seq = int(h.get("seq", "0"))
+        priority = int(h.get("priority", "0"))
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._g("studies"), {sid: seq})
+            if h["status"] != "done":
+                pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
+            await pipe.execute()
+
+    async def _store_done_study(
+        self,
+        spec: StudySpec,
+        blocks: list[tuple[int, np.ndarray]],
+        registered_ms: int,
+        finished_ms: int,
+        hit_flat: int | None,
+    ) -> str:
+        """A finished study with its results, as imported from lite_dist2 (no script: it is new)."""
+        sid = str(uuid.uuid4())
+        if spec.name is not None:
+            await self._claim_name(spec.name, sid)
+        seq = int(await self.client.incr(self._g("seq")))
+        keys = self.study_keys(sid)
+        done = sum(len(v) for _, v in blocks)
+        h = {
+            "id": sid,
+            "spec": spec.registry.model_dump_json(),
+            "status": "done",
+            "total": str(-1 if spec.total is None else spec.total),
+            "cursor": "0",
+            "done": str(done),
+            "failed": "0",
+            "reserved": "0",
+            "tseq": str(len(blocks)),
+            "sizes": "",
+            "strides": "",
+            "jagged": "0",
+            "order": "seq",
+            "r_n": "0",
+            "r_keys": "",
+            "timeout_ms": str(self.trial_timeout_ms),
+            "max_attempts": str(self.max_attempts),
+            "strategy": spec.strategy,
+            "vlen": "0",
+            "priority": "0",
+            "seq": str(seq),
+            "registered_ms": str(registered_ms),
+            "started_ms": str(registered_ms),
+            "finished_ms": str(finished_ms),
+        }
+        if hit_flat is not None:
+            h["hit_flat"] = str(hit_flat)
+        if spec.vector and blocks:
+            h["vlen"] = str(blocks[0][1].shape[1])
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys[0], mapping=h)
+            for n, (start, values) in enumerate(blocks):
+                tid = f"{sid}-{n:#x}"
+                pipe.hset(keys[5], tid, results.pack(values))
+                pipe.zadd(keys[6], {tid: start})
+            await pipe.execute()
+        await self._index_study(sid, h)
+        self._specs[sid] = spec
+        return sid

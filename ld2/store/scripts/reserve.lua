@@ -1,0 +1,138 @@
+-- Lease the next chunk of one study to a worker.
+-- KEYS: study hash, back, leases, trials, failed
+-- ARGV: study id, max_size, worker id, worker name
+-- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
+local k = study_keys(KEYS)
+local sid, max_size = ARGV[1], tonumber(ARGV[2])
+local f = redis.call('HMGET', k.s, 'status', 'total', 'cursor', 'sizes', 'strides', 'jagged',
+  'order', 'timeout_ms', 'max_attempts')
+local status = f[1]
+if not status then
+  return {'missing', ''}
+end
+if status ~= 'wait' and status ~= 'running' then
+  return {'inactive', status}
+end
+local now = now_ms()
+local total, cursor = tonumber(f[2]), tonumber(f[3])
+local study = { sizes = numbers(f[4]), strides = numbers(f[5]), jagged = tonumber(f[6]) }
+local timeout, max_attempts = tonumber(f[8]), tonumber(f[9])
+local limit_end = 9007199254740992 -- 2^53: no flat index beyond it is ever issued
+
+reap_expired(k, now, max_attempts)
+if maybe_complete(k, now) then
+  return {'inactive', 'done'}
+end
+
+local start, available, attempt = nil, 0, 0
+local head = redis.call('ZRANGE', k.back, 0, 0)
+if #head > 0 then
+  -- handed-back work first, lowest range first
+  local old_tid
+  start, available, attempt, old_tid = parse_range(head[1])
+  redis.call('ZREM', k.back, head[1])
+  if old_tid ~= '-' then
+    redis.call('HDEL', k.trials, old_tid) -- reissued: its late result can no longer be accepted
+  end
+elseif f[7] == 'random' then
+  local r = redis.call('HMGET', k.s, 'r_n', 'r_axis', 'r_width', 'r_half', 'r_keys')
+  local n_chunks = tonumber(r[1])
+  if n_chunks == 0 then
+    -- the first reserve fixes the chunk grid: sequential planning's tiles for this max_size
+    local axis, width
+    if study.jagged == 1 then
+      axis, width = 0, max_size
+      n_chunks = divmod(total + width - 1, width)
+    else
+      local first = aligned_count(study.sizes, study.strides, 0, max_size)
+      for d = 1, #study.sizes do
+        local q, rem = divmod(first, study.strides[d])
+        if rem == 0 then
+          axis, width = d, q
+          break
+        end
+      end
+      local size = study.sizes[axis]
+      local per_row = divmod(size + width - 1, width)
+      n_chunks = divmod(total, size * study.strides[axis]) * per_row
+    end
+    local bits = 2
+    while 2 ^ bits < n_chunks do
+      bits = bits + 1
+    end
+    bits = bits + bits % 2
+    redis.call('HSET', k.s, 'r_n', fmt(n_chunks), 'r_axis', fmt(axis), 'r_width', fmt(width),
+      'r_half', fmt(bits / 2))
+    r = {n_chunks, axis, width, bits / 2, r[5]}
+  end
+  if cursor >= n_chunks then
+    return {'empty', status}
+  end
+  local axis, width, half = tonumber(r[2]), tonumber(r[3]), tonumber(r[4])
+  local keys = numbers(r[5])
+  local modulus = 2 ^ half
+  local function round(x, key)
+    x = (x + key % modulus) % modulus
+    x = (x * 63369013) % modulus -- 0x3C6EF35
+    x = bit.bxor(x, (divmod(x, 2 ^ (divmod(half, 2) + 1))))
+    x = (x * 41766581) % modulus -- 0x27D4EB5
+    return bit.bxor(x, (divmod(x, 2 ^ divmod(half, 2))))
+  end
+  local function encrypt(x)
+    local left, right = divmod(x, modulus)
+    for i = 1, 4 do
+      left, right = right, bit.bxor(left, round(right, keys[i]))
+    end
+    return left * modulus + right
+  end
+  local chunk = encrypt(cursor)
+  while chunk >= n_chunks do
+    chunk = encrypt(chunk)
+  end
+  redis.call('HINCRBY', k.s, 'cursor', 1)
+  if axis == 0 then
+    start = chunk * width
+    available = math.min(width, total - start)
+  else
+    local size, stride = study.sizes[axis], study.strides[axis]
+    local per_row = divmod(size + width - 1, width)
+    local row, j = divmod(chunk, per_row)
+    local first = j * width
+    start = row * size * stride + first * stride
+    available = math.min(width, size - first) * stride
+  end
+else
+  local stop = limit_end
+  if total >= 0 then
+    stop = total
+  end
+  if cursor >= stop then
+    return {'empty', status}
+  end
+  start, available = cursor, stop - cursor
+end
+
+local count = plan_count(study, start, math.min(available, max_size))
+if count < available then
+  if f[7] == 'random' or #head > 0 then
+    redis.call('ZADD', k.back, start + count, range_member(start + count, available - count, attempt, '-'))
+  end
+end
+if #head == 0 and f[7] ~= 'random' then
+  redis.call('HSET', k.s, 'cursor', fmt(start + count))
+end
+
+local seq = redis.call('HINCRBY', k.s, 'tseq', 1) - 1
+local tid = sid .. '-' .. string.format('0x%x', seq)
+local deadline = now + timeout
+redis.call('HSET', k.trials, tid, trial_record({
+  start = start, count = count, attempt = attempt, reserved = now, state = 'L',
+  worker = ARGV[3], name = ARGV[4],
+}))
+redis.call('ZADD', k.leases, deadline, tid)
+redis.call('HINCRBY', k.s, 'reserved', count)
+if status == 'wait' then
+  redis.call('HSET', k.s, 'status', 'running', 'started_ms', fmt(now))
+  status = 'running'
+end
+return {'ok', tid, fmt(start), fmt(count), fmt(attempt), fmt(now), fmt(deadline), status}
