@@ -86,8 +86,9 @@ class EmbeddedServer:
             deadline = time.monotonic() + timeout
             while not self._answers():
                 if self._process.poll() is not None:
+                    log = self.state_dir / "valkey.log"
                     raise BackendUnavailable(
-                        f"the embedded Valkey server exited at start; see {self.state_dir}/valkey.log"
+                        f"the embedded Valkey server exited at start; see {log}"
                     )
                 if time.monotonic() > deadline:
                     self._process.kill()
@@ -119,9 +120,11 @@ class EmbeddedServer:
         """Stop the server if this object started it (or `force`): flush, then exit."""
         if not (self.owned or force):
             return
-        with contextlib.suppress(redis.RedisError, OSError):
-            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5.0) as client:
-                client.shutdown(save=False)
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5.0) as client,
+        ):
+            client.shutdown(save=False)  # the append-only file is flushed all the same
         if self._process is not None:
             try:
                 self._process.wait(timeout=10)

@@ -1,10 +1,8 @@
 """The table's main path on every backend."""
 
-import numpy as np
-
 from ld2.core.space import Axis, Space
 from ld2.store.redis import RedisTable
-from tests.store.helpers import all_results, int_axis, registry, run_all, square
+from tests.store.helpers import all_results, int_axis, registry, run_all
 
 
 async def test_all_calculation_completes_in_grid_order(table: RedisTable) -> None:
