@@ -140,3 +140,9 @@ async def real_table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend name, for tests that need tables with their own settings (make_table)."""
     return str(request.param)
+
+
+@pytest.fixture(params=REAL_BACKENDS)
+def real_backend(request: pytest.FixtureRequest) -> str:
+    """A real engine's name (tests that need true concurrency or server memory figures)."""
+    return str(request.param)

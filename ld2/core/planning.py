@@ -135,8 +135,8 @@ class Permutation:
     """A reproducible pseudo-random bijection on ``range(n)`` with O(1) state.
 
     A 4-round Feistel network over the smallest even-bit power of two ≥ n, with cycle walking
-    to stay inside ``range(n)``. Its arithmetic stays below 2⁵³ and its xors below 2³¹, so
-    the store's Lua scripts (doubles and 32-bit ``bit.bxor``) compute the very same order.
+    to stay inside ``range(n)``. Its arithmetic stays below 2⁵³, so the store's Lua scripts,
+    which only have doubles, compute the very same order.
     """
 
     __slots__ = ("half", "keys", "n")

@@ -305,7 +305,9 @@ class RedisTable(Table):
             for sid in sids:
                 pipe.hmget(self.study_keys(sid)[0], "status", "spec")
             rows = await pipe.execute()
-        running, waiting, gone = [], [], []
+        running: list[tuple[str, frozenset[str]]] = []
+        waiting: list[tuple[str, frozenset[str]]] = []
+        gone: list[str] = []
         for sid, (status, spec_json) in zip(sids, rows, strict=True):
             if status is None or status == b"done":
                 gone.append(sid)
@@ -432,7 +434,6 @@ class RedisTable(Table):
             best_key,
             best_offset,
             vlen,
-            "",
         ]
         reply = await self._call("register", self.study_keys(trial.study_id), args)
         outcome, status = (_s(x) or "" for x in reply)
@@ -480,7 +481,7 @@ class RedisTable(Table):
         return total
 
     # -- reading -----------------------------------------------
-    async def iter_results(self, study_id: str, batch: int = 256) -> AsyncIterator[ResultBlock]:  # type: ignore[override]
+    async def iter_results(self, study_id: str, batch: int = 256) -> AsyncIterator[ResultBlock]:
         keys = self.study_keys(study_id)
         if not await self.client.exists(keys[0]):
             raise NotFound(f"Study not found: study_id={study_id}")
@@ -546,7 +547,7 @@ class RedisTable(Table):
                     total_grid="infinite" if state.total is None else state.total,
                     done_grid=state.done,
                     grid_velocity=velocity,
-                    eta=eta,  # type: ignore[arg-type]
+                    eta=eta,
                     worker_efficiencies=effs,
                 )
             )

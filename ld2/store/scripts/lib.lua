@@ -21,6 +21,19 @@ local function divmod(a, b)
   return q, r
 end
 
+-- Bitwise xor of two non-negative integers < 2^53 (plain arithmetic: not every engine has `bit`).
+local function xor(a, b)
+  local out, place = 0, 1
+  while a > 0 or b > 0 do
+    local ra, rb = a % 2, b % 2
+    if ra ~= rb then
+      out = out + place
+    end
+    a, b, place = (a - ra) / 2, (b - rb) / 2, place * 2
+  end
+  return out
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

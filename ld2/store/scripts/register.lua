@@ -1,7 +1,7 @@
 -- Register a trial's results, exactly once.
 -- KEYS: study hash, back, leases, trials, failed, results, done index, events, best
 -- ARGV: trial id, worker id, start, count, packed results, hit offset (-1: none),
---       best key ('' : none), best offset, vector length (0: scalar), worker name
+--       best key ('' : none), best offset, vector length (0: scalar)
 -- Returns {outcome, status}: ok | ignored | missing | inactive | duplicate | unknown |
 --   wrong_worker | mismatch | vector_length | reissued
 local k = study_keys(KEYS)
@@ -70,7 +70,7 @@ redis.call('HDEL', k.trials, tid)
 redis.call('HSET', k.res, tid, ARGV[5])
 redis.call('ZADD', k.done, start, tid)
 redis.call('HINCRBY', k.s, 'done', count)
-redis.call('XADD', k.events, 'MAXLEN', '~', '10000', '*', 'w', worker, 'wn', ARGV[10], 'n', fmt(count))
+redis.call('XADD', k.events, 'MAXLEN', '~', '10000', '*', 'w', worker, 'wn', t.name, 'n', fmt(count))
 
 local hit = tonumber(ARGV[6])
 if f[2] == 'find_exact' and hit >= 0 then

@@ -74,14 +74,14 @@ elseif f[7] == 'random' then
   local function round(x, key)
     x = (x + key % modulus) % modulus
     x = (x * 63369013) % modulus -- 0x3C6EF35
-    x = bit.bxor(x, (divmod(x, 2 ^ (divmod(half, 2) + 1))))
+    x = xor(x, (divmod(x, 2 ^ (divmod(half, 2) + 1))))
     x = (x * 41766581) % modulus -- 0x27D4EB5
-    return bit.bxor(x, (divmod(x, 2 ^ divmod(half, 2))))
+    return xor(x, (divmod(x, 2 ^ divmod(half, 2))))
   end
   local function encrypt(x)
     local left, right = divmod(x, modulus)
     for i = 1, 4 do
-      left, right = right, bit.bxor(left, round(right, keys[i]))
+      left, right = right, xor(left, round(right, keys[i]))
     end
     return left * modulus + right
   end
