@@ -165,6 +165,22 @@ class Table(abc.ABC):
     async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
         """Register a trial's results (typed array, flat order); "ignored" once solved."""
 
+    async def register_and_reserve(
+        self,
+        trial: TrialRef,
+        values: np.ndarray,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None = None,
+    ) -> tuple[Outcome, Reservation | None]:
+        """A worker's steady state: register a trial, then reserve the next one.
+
+        Implementations may do both in one round trip; the result is the same as calling
+        `register` and then `reserve`.
+        """
+        outcome = await self.register(trial, values)
+        return outcome, await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+
     @abc.abstractmethod
     async def register_trial(self, trial: m.TrialModel) -> Outcome:
         """Register a lite_dist2 trial upload (its space and mappings are checked)."""

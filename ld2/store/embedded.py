@@ -11,11 +11,14 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ld2.core.errors import BackendUnavailable
 
@@ -43,10 +46,12 @@ class EmbeddedServer:
         return f"unix://{self.socket}"
 
     def _answers(self) -> bool:
-        if not self.socket.exists():
-            return False
         try:
-            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1.0) as client:
+            if not stat.S_ISSOCK(self.socket.stat().st_mode):
+                return False
+            with redis.Redis(
+                unix_socket_path=str(self.socket), socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
+            ) as client:
                 return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
@@ -116,19 +121,25 @@ class EmbeddedServer:
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
 
-    def stop(self, force: bool = False) -> None:
-        """Stop the server if this object started it (or `force`): flush, then exit."""
+    def stop(self, force: bool = False, timeout: float = 10.0) -> None:
+        """Stop the server if this object started it (or `force`).
+
+        SIGTERM makes Valkey flush its append-only file and exit cleanly.
+        """
         if not (self.owned or force):
             return
-        with (
-            contextlib.suppress(redis.RedisError, OSError),
-            redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5.0) as client,
-        ):
-            client.shutdown(save=False)  # the append-only file is flushed all the same
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        pid = self._process.pid if self._process is not None else self._pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+            if self._process is not None:
+                try:
+                    self._process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            else:
+                deadline = time.monotonic() + timeout
+                while self._answers() and time.monotonic() < deadline:
+                    time.sleep(0.02)
         self.owned = False

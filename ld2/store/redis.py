@@ -43,7 +43,8 @@ from ld2.store.base import (
 )
 
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
-_SCRIPTS = ("reserve", "register", "heartbeat", "fail", "reap", "create", "control", "touch_worker")
+_SCRIPTS = ("heartbeat", "fail", "reap", "create", "control", "touch_worker")
+_BODIES = ("reserve", "register")  # also used as functions by cycle.lua
 _REJECTIONS = {
     "unknown": "Trial not reserved: unknown id, or already reissued after its lease expired.",
     "reissued": "Trial expired and its range was reissued to another worker; result refused.",
@@ -57,9 +58,22 @@ DEFAULT_MAX_ATTEMPTS = 3
 
 
 def _load_scripts() -> dict[str, str]:
+    """Each script is lib.lua + its body; reserve and register bodies are wrapped as functions
+    so that cycle.lua can run both in one call."""
     folder = resources.files("ld2.store") / "scripts"
-    lib = (folder / "lib.lua").read_text()
-    return {name: lib + "\n" + (folder / f"{name}.lua").read_text() for name in _SCRIPTS}
+
+    def text(name: str) -> str:
+        return (folder / f"{name}.lua").read_text()
+
+    lib = text("lib")
+    out = {name: f"{lib}\n{text(name)}" for name in _SCRIPTS}
+    bodies = {
+        name: f"local function {name}_body(KEYS, ARGV)\n{text(name)}\nend\n" for name in _BODIES
+    }
+    for name in _BODIES:
+        out[name] = f"{lib}\n{bodies[name]}return {name}_body(KEYS, ARGV)\n"
+    out["cycle"] = f"{lib}\n{''.join(bodies.values())}{text('cycle')}"
+    return out
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -113,6 +127,7 @@ class RedisTable(Table):
             name: client.register_script(text) for name, text in _load_scripts().items()
         }
         self._specs: dict[str, StudySpec] = {}
+        self._keys: dict[str, list[str]] = {}
         self._index: list[tuple[str, frozenset[str]]] = []
         self._index_at = -1e9
         self._workers_seen: dict[str, float] = {}
@@ -127,7 +142,10 @@ class RedisTable(Table):
         return f"{self.prefix}:{{g}}:{name}"
 
     def study_keys(self, sid: str) -> list[str]:
-        return [f"{self.prefix}:{{{sid}}}:{k}" for k in STUDY_KEYS]
+        keys = self._keys.get(sid)
+        if keys is None:
+            keys = self._keys[sid] = [f"{self.prefix}:{{{sid}}}:{k}" for k in STUDY_KEYS]
+        return keys
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
@@ -365,9 +383,15 @@ class RedisTable(Table):
         self, sid: str, max_size: int, worker_id: str, worker_name: str | None
     ) -> Reservation | None:
         args = [sid, max_size, _clean(worker_id), _clean(worker_name)]
-        reply = [_s(x) or "" for x in await self._call("reserve", self.study_keys(sid)[:5], args)]
+        reply = await self._call("reserve", self.study_keys(sid)[:5], args)
+        return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
+
+    async def _reservation(
+        self, sid: str, reply: list[str], worker_id: str, worker_name: str | None
+    ) -> Reservation | None:
+        """A reserve script's reply as a Reservation; None (and index upkeep) if no trial."""
         if reply[0] == "ok":
-            _, tid, start, count, attempt, now, deadline, _status = reply
+            _, tid, start, count, attempt, now, deadline, _status = reply[:8]
             return Reservation(
                 study_id=sid,
                 trial_id=tid,
@@ -410,7 +434,7 @@ class RedisTable(Table):
         ref = TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count)
         return await self._register_typed(spec, ref, typed)
 
-    async def _register_typed(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> Outcome:
+    def _register_args(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> list[Any]:
         hit = -1
         if spec.strategy == "find_exact" and spec.target is not None:
             found = find_hit(typed, spec.target)
@@ -419,12 +443,11 @@ class RedisTable(Table):
         if spec.strategy == "minimize":
             off = best_of(typed)
             if off is not None:
-                best_key = order_key(
-                    typed[off : off + 1].tolist()[0], spec.value_type, trial.start + off
-                )
+                value = typed[off : off + 1].tolist()[0]
+                best_key = order_key(value, spec.value_type, trial.start + off)
                 best_offset = off
         vlen = int(typed.shape[1]) if typed.ndim == 2 else 0
-        args = [
+        return [
             trial.trial_id,
             _clean(trial.worker_id),
             trial.start,
@@ -435,8 +458,8 @@ class RedisTable(Table):
             best_offset,
             vlen,
         ]
-        reply = await self._call("register", self.study_keys(trial.study_id), args)
-        outcome, status = (_s(x) or "" for x in reply)
+
+    async def _outcome(self, trial: TrialRef, outcome: str, status: str) -> Outcome:
         if outcome in ("ok", "ignored"):
             if status == "done":
                 await self.client.zrem(self._g("active"), trial.study_id)
@@ -444,6 +467,48 @@ class RedisTable(Table):
         if outcome in ("missing", "inactive"):
             raise NotFound(f"Study not found: study_id={trial.study_id}")
         raise TrialRejected(outcome, _REJECTIONS.get(outcome, outcome))
+
+    async def _register_typed(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> Outcome:
+        args = self._register_args(spec, trial, typed)
+        reply = await self._call("register", self.study_keys(trial.study_id), args)
+        outcome, status = (_s(x) or "" for x in reply)
+        return await self._outcome(trial, outcome, status)
+
+    async def register_and_reserve(
+        self,
+        trial: TrialRef,
+        values: np.ndarray,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None = None,
+    ) -> tuple[Outcome, Reservation | None]:
+        """Register, then lease the next trial of the same study in the same round trip, as
+        long as that study is still the first one these capacities should work on."""
+        check_max_size(max_size)
+        spec = await self._spec(trial.study_id)
+        typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
+        if time.monotonic() - self._index_at > self.index_ttl:
+            await self._refresh_index()
+        retained = frozenset(capacities)
+        first = next((sid for sid, caps in self._index if caps <= retained), None)
+        if first != trial.study_id:
+            outcome = await self._register_typed(spec, trial, typed)
+            return outcome, await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+        args = [
+            *self._register_args(spec, trial, typed),
+            trial.study_id,
+            max_size,
+            _clean(trial.worker_id),
+            _clean(worker_name),
+        ]
+        reply = [
+            _s(x) or "" for x in await self._call("cycle", self.study_keys(trial.study_id), args)
+        ]
+        outcome = await self._outcome(trial, reply[0], reply[1])
+        nxt = await self._reservation(trial.study_id, reply[2:], trial.worker_id, worker_name)
+        if nxt is None:
+            nxt = await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+        return outcome, nxt
 
     # -- leases -----------------------------------------------
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:

@@ -1,0 +1,222 @@
+"""Store benchmark: ld2 reserve+register cycles against the raw EVALSHA round-trip limit.
+
+Run by hand (starts its own private redis-server on a free loopback port):
+
+    uv run python bench/bench_store.py                 # quick: history of 10^5 trials
+    uv run python bench/bench_store.py --history 1000000
+
+Prints, from one run: raw EVALSHA/s of a trivial script (1 and 8 clients), ld2 cycles/s with an
+empty computation (1 and 8 clients), cycles/s after 10^3 vs after --history registered trials,
+and Redis memory per stored int result point for 1,000-point trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+
+from ld2.core import models as m
+from ld2.store.redis import RedisTable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _registry(size: int | None, name: str) -> m.StudyRegistry:
+    strategy = "all_calculation" if size is not None else "find_exact"
+    param = (
+        None
+        if size is not None
+        else {"target_value": {"type": "scalar", "value_type": "int", "value": "-0x1"}}
+    )
+    return m.StudyRegistry.model_validate(
+        {
+            "name": name,
+            "required_capacity": [],
+            "study_strategy": {"type": strategy, "study_strategy_param": param},
+            "suggest_strategy": {
+                "type": "sequential",
+                "suggest_strategy_param": {"strict_aligned": True},
+            },
+            "const_param": None,
+            "result_type": "scalar",
+            "result_value_type": "int",
+            "parameter_space": {
+                "type": "aligned",
+                "axes": [
+                    {
+                        "name": "x",
+                        "type": "int",
+                        "size": None if size is None else hex(size),
+                        "step": "0x1",
+                        "start": "0x0",
+                    }
+                ],
+            },
+        }
+    )
+
+
+async def _rate(fn, clients: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    async def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            await fn(i)
+            counts[i] += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(i) for i in range(clients)))
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+async def main(history: int, seconds: float) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed for this benchmark")
+    port = _free_port()
+    workdir = tempfile.mkdtemp()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(200):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    client = aioredis.Redis.from_url(url, max_connections=64)
+    try:
+        trivial = client.register_script("return 1")
+        raw1 = await _rate(lambda i: trivial(keys=["k"], args=[]), 1, seconds)
+        raw8 = await _rate(lambda i: trivial(keys=["k"], args=[]), 8, seconds)
+        print(f"raw EVALSHA (trivial script), 1 client : {raw1:9.0f} /s")
+        print(f"raw EVALSHA (trivial script), 8 clients: {raw8:9.0f} /s")
+
+        table = RedisTable(client, prefix="bench")
+        await table.register_study(_registry(None, "cycles"))
+
+        async def cycle(i: int) -> None:
+            res = await table.reserve([], 1, f"w{i}")
+            assert res is not None
+            await table.register(res, np.zeros(1, dtype=np.int64))
+
+        c1 = await _rate(cycle, 1, seconds)
+        c8 = await _rate(cycle, 8, seconds)
+        print(f"ld2 reserve, register (2 calls), 1 client : {c1:9.0f} /s  ({c1 / raw1:.0%} of raw)")
+        print(f"ld2 reserve, register (2 calls), 8 clients: {c8:9.0f} /s  ({c8 / raw8:.0%} of raw)")
+        held: dict[int, object] = {}
+
+        async def chained(i: int) -> None:  # the worker's loop: register + next reserve at once
+            res = held.get(i) or await table.reserve([], 1, f"c{i}")
+            _, held[i] = await table.register_and_reserve(res, np.zeros(1, dtype=np.int64), [], 1)  # type: ignore[arg-type]
+
+        k1 = await _rate(chained, 1, seconds)
+        k8 = await _rate(chained, 8, seconds)
+        print(
+            f"ld2 register_and_reserve (1 call), 1 client : {k1:9.0f} /s  ({k1 / raw1:.0%} of raw; goal ≥ 50%)"
+        )
+        print(
+            f"ld2 register_and_reserve (1 call), 8 clients: {k8:9.0f} /s  ({k8 / raw8:.0%} of raw)"
+        )
+
+        # cost must not grow with history: a fresh study, measured after 10^3 and after `history`
+        hist = RedisTable(client, prefix="hist")
+        await hist.register_study(_registry(None, "history"))
+
+        hist_held: dict[int, object] = {}
+
+        async def hist_cycle(i: int) -> None:
+            res = hist_held.get(i) or await hist.reserve([], 1, f"h{i}")
+            _, hist_held[i] = await hist.register_and_reserve(
+                res, np.zeros(1, dtype=np.int64), [], 1
+            )  # type: ignore[arg-type]
+
+        for _ in range(1000):
+            await hist_cycle(0)
+        early = await _rate(hist_cycle, 1, seconds)
+        done = (await hist.get_study(name="history")).done
+        t0 = time.perf_counter()
+        while done < history:
+            batch = min(20_000, history - done)
+            shares = [batch // 8 + (1 if i < batch % 8 else 0) for i in range(8)]
+            await asyncio.gather(*(_n_cycles(hist_cycle, i, n) for i, n in enumerate(shares)))
+            done = (await hist.get_study(name="history")).done
+            print(f"  … {done} trials registered ({time.perf_counter() - t0:.0f} s)", flush=True)
+        late = await _rate(hist_cycle, 1, seconds)
+        print(
+            f"\ncycles/s after 10^3 trials: {early:9.0f}; after {done}: {late:9.0f}  "
+            f"(ratio {late / early:.2f}; goal ≥ 0.8)"
+        )
+
+        # memory per stored int result point, 1,000-point trials
+        mem = RedisTable(client, prefix="mem")
+        sid = await mem.register_study(_registry(2_000_000, "memory"))
+        before = (await client.info("memory"))["used_memory"]
+        rng = np.random.default_rng(1)
+        for kind, values in (
+            ("counts 0..255", lambda n: rng.integers(0, 256, n)),
+            ("ints < 2^31", lambda n: rng.integers(-(2**31), 2**31, n)),
+        ):
+            points = 0
+            b0 = (await client.info("memory"))["used_memory"]
+            for _ in range(500):
+                res = await mem.reserve([], 1000, "m")
+                assert res is not None
+                await mem.register(res, values(res.count))
+                points += res.count
+            used = (await client.info("memory"))["used_memory"] - b0
+            print(f"memory per int result point ({kind}): {used / points:5.2f} bytes  (goal ≤ 10)")
+        keys = mem.study_keys(sid)
+        usage = sum([await client.memory_usage(k) or 0 for k in keys])
+        print(
+            f"  MEMORY USAGE of the study's keys: {usage} bytes for "
+            f"{(await mem.get_study(sid)).done} points ({usage / (await mem.get_study(sid)).done:.2f} B/pt)"
+        )
+        del before
+    finally:
+        await client.aclose()
+        proc.terminate()
+        proc.wait()
+
+
+async def _n_cycles(fn, i: int, n: int) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        await fn(i)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--history", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    asyncio.run(main(args.history, args.seconds))

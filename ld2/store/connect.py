@@ -1,0 +1,40 @@
+"""Opening a table from settings: a Redis URL, or the embedded backend when there is none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ld2.store.embedded import EmbeddedServer
+from ld2.store.redis import RedisTable
+
+
+def redis_url_from_env() -> str | None:
+    """``LD2_REDIS_URL``, else ``REDIS_URL`` (Heroku's name), else None."""
+    return os.environ.get("LD2_REDIS_URL") or os.environ.get("REDIS_URL") or None
+
+
+class EmbeddedTable(RedisTable):
+    """A `RedisTable` on the embedded Valkey server, which it stops on close if it started it."""
+
+    def __init__(self, server: EmbeddedServer, **kwargs: Any) -> None:
+        import redis.asyncio as aioredis
+
+        self.server = server
+        url = server.start()
+        super().__init__(aioredis.Redis.from_url(url), url=url, **kwargs)
+
+    async def close(self) -> None:
+        await super().close()
+        self.server.stop()
+
+
+def open_table(
+    url: str | None = None, *, state_dir: Path | None = None, **kwargs: Any
+) -> RedisTable:
+    """A table on `url` (``redis://``, ``rediss://``, ``unix://``), or on the embedded backend."""
+    url = url or redis_url_from_env()
+    if url is None:
+        return EmbeddedTable(EmbeddedServer(state_dir), **kwargs)
+    return RedisTable.from_url(url, **kwargs)

@@ -1,0 +1,71 @@
+"""Curriculum snapshots on disk: written atomically, loaded from ld2's or lite_dist2's format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ld2.core.errors import InvalidInput
+from ld2.store.base import Table
+
+log = logging.getLogger(__name__)
+
+
+async def save_snapshot(table: Table, path: Path) -> int:
+    """Write the table's snapshot to `path` (temp file + rename: a crash never corrupts it).
+
+    Returns the number of studies written.
+    """
+    data = await table.export_snapshot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, separators=(",", ":"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data["studies"])
+
+
+async def load_snapshot(table: Table, path: Path) -> list[str]:
+    """Load an ld2 snapshot or a lite_dist2 ``curriculum.json``; returns the new study ids."""
+    try:
+        data: Any = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(str(path), "a snapshot is a JSON object")
+    return await table.import_snapshot(data)
+
+
+async def save_periodically(table: Table, path: Path, interval: float) -> None:
+    """Save a snapshot every `interval` seconds until cancelled (errors are logged, not fatal)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            n = await save_snapshot(table, path)
+            log.info("saved %d studies to %s", n, path)
+        except (OSError, ConnectionError) as err:
+            log.warning("could not save the curriculum to %s: %s", path, err)
+
+
+async def reap_periodically(table: Table, interval: float) -> None:
+    """The reaper's loop: hand back expired leases every `interval` seconds until cancelled."""
+    while True:
+        try:
+            n = await table.reap()
+            if n:
+                log.info("handed back %d expired trial(s)", n)
+        except ConnectionError as err:
+            log.warning("reaper: %s", err)
+        await asyncio.sleep(interval)
