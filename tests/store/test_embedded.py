@@ -97,3 +97,28 @@ async def test_snapshot_file_round_trip(tmp_path: Path, monkeypatch: pytest.Monk
             await load_snapshot(dst, tmp_path / "bad.json")
     finally:
         await dst.close()
+
+
+async def test_periodic_save_and_reap_loops(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import asyncio
+    import json
+
+    from ld2.store.files import reap_periodically, save_periodically
+    from tests.conftest import make_table
+
+    async with make_table(request, "valkey", trial_timeout=0.1) as table:
+        sid = await table.register_study(registry([int_axis("x", 4)]))
+        await table.reserve([], 4, "crash")
+        path = tmp_path / "cur.json"
+        tasks = [
+            asyncio.create_task(save_periodically(table, path, 0.05)),
+            asyncio.create_task(reap_periodically(table, 0.05)),
+        ]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if path.exists() and (await table.get_study(sid)).reserved == 0:
+                break
+        for t in tasks:
+            t.cancel()
+        assert json.loads(path.read_text())["studies"][0]["hash"]["id"] == sid
+        assert (await table.get_study(sid)).reserved == 0
