@@ -124,8 +124,16 @@ async def make_table(
         await client.aclose()
 
 
+@pytest.fixture(params=[*BACKENDS, "http"])
+async def table(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Every Table implementation: RedisTable on each engine, and HttpTable through the API."""
+    async with make_table(request, request.param) as t:
+        yield t
+
+
 @pytest.fixture(params=BACKENDS)
-async def table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable]:
+async def redis_table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable]:
+    """RedisTable only: for tests that look at keys, memory or scripts."""
     async with make_table(request, request.param) as t:
         yield t
 
@@ -136,7 +144,7 @@ async def real_table(request: pytest.FixtureRequest) -> AsyncIterator[RedisTable
         yield t
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, "http"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend name, for tests that need tables with their own settings (make_table)."""
     return str(request.param)

@@ -35,6 +35,17 @@ class NotFound(LD2Error, LookupError):
     """No such study (or it is no longer active, where that is what the caller needs)."""
 
 
+REJECTIONS = {
+    "unknown": "Trial not reserved: unknown id, or already reissued after its lease expired.",
+    "reissued": "Trial expired and its range was reissued to another worker; result refused.",
+    "wrong_worker": "Trial is reserved by another worker (worker_node_id differs).",
+    "duplicate": "Trial is already registered.",
+    "mismatch": "Trial space differs from the range that was reserved under this trial id.",
+    "vector_length": "Vector results have another length than this study's earlier results.",
+}
+"""Why a trial is refused (409), in words; HTTP clients map the words back to the code."""
+
+
 class TrialRejected(LD2Error):
     """A trial that cannot be accepted: not reserved, reissued, another worker's, registered.
 
@@ -42,9 +53,14 @@ class TrialRejected(LD2Error):
     ``mismatch``, ``vector_length``) and the message says it in words.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str | None = None) -> None:
         self.reason = reason
-        super().__init__(message)
+        super().__init__(message or REJECTIONS.get(reason, reason))
+
+    @classmethod
+    def from_message(cls, message: str) -> TrialRejected:
+        reason = next((k for k, v in REJECTIONS.items() if v == message), "rejected")
+        return cls(reason, message)
 
 
 class BackendUnavailable(LD2Error, ConnectionError):

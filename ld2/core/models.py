@@ -215,6 +215,7 @@ class StudyRegistry(StudyCommon):
 
 class StudyRegisterParam(WireModel):
     study: StudyRegistry
+    priority: int = Field(0, ge=-1000, le=1000)  # ld2 extension; lite_dist2 ignores it
 
 
 class StudyRegisteredResponse(WireModel):

@@ -144,6 +144,18 @@ class Failure:
     error: str
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Work waiting across active studies: what an autoscaler reads."""
+
+    points_waiting: int | None  # never issued or handed back; None when a study is infinite
+    ranges_waiting: int  # handed-back ranges (expired, failed, released)
+    trials_in_flight: int
+    points_in_flight: int
+    active_studies: int
+    workers_seen: int  # workers that reserved within the last minute
+
+
 class Table(abc.ABC):
     """The shared state of every study, as API, workers, CLI and reaper see it."""
 
@@ -227,6 +239,9 @@ class Table(abc.ABC):
 
     @abc.abstractmethod
     async def failures(self, study_id: str) -> list[Failure]: ...
+
+    @abc.abstractmethod
+    async def backlog(self) -> Backlog: ...
 
     @abc.abstractmethod
     async def export_snapshot(self) -> dict[str, Any]: ...

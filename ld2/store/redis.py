@@ -23,7 +23,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ld2.core import models as m
 from ld2.core import results
-from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
+from ld2.core.errors import (
+    REJECTIONS,
+    BackendUnavailable,
+    InvalidInput,
+    NotFound,
+    TrialRejected,
+)
 from ld2.core.planning import Permutation, check_max_size
 from ld2.core.strategies import best_of, find_hit, order_key
 from ld2.core.study import StudySpec, parse_study
@@ -31,6 +37,7 @@ from ld2.core.subspace import trial_range
 from ld2.store import lite_dist2_import
 from ld2.store.base import (
     MAX_TOTAL,
+    Backlog,
     Failure,
     LeaseAnswer,
     Outcome,
@@ -45,14 +52,6 @@ from ld2.store.base import (
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
 _SCRIPTS = ("heartbeat", "fail", "reap", "create", "control", "touch_worker")
 _BODIES = ("reserve", "register")  # also used as functions by cycle.lua
-_REJECTIONS = {
-    "unknown": "Trial not reserved: unknown id, or already reissued after its lease expired.",
-    "reissued": "Trial expired and its range was reissued to another worker; result refused.",
-    "wrong_worker": "Trial is reserved by another worker (worker_node_id differs).",
-    "duplicate": "Trial is already registered.",
-    "mismatch": "Trial space differs from the range that was reserved under this trial id.",
-    "vector_length": "Vector results have another length than this study's earlier results.",
-}
 DEFAULT_TIMEOUT_S = 600
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -466,7 +465,7 @@ class RedisTable(Table):
             return "ignored" if outcome == "ignored" else "ok"
         if outcome in ("missing", "inactive"):
             raise NotFound(f"Study not found: study_id={trial.study_id}")
-        raise TrialRejected(outcome, _REJECTIONS.get(outcome, outcome))
+        raise TrialRejected(outcome, REJECTIONS.get(outcome, outcome))
 
     async def _register_typed(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> Outcome:
         args = self._register_args(spec, trial, typed)
@@ -529,7 +528,7 @@ class RedisTable(Table):
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={sid}")
         if outcome in ("unknown", "wrong_worker"):
-            raise TrialRejected(outcome, _REJECTIONS[outcome])
+            raise TrialRejected(outcome, REJECTIONS[outcome])
         if status == "done":
             await self.client.zrem(self._g("active"), sid)
 
@@ -569,6 +568,32 @@ class RedisTable(Table):
             start, count, attempts, _tid, error = (_s(member) or "").split(":", 4)
             out.append(Failure(int(start), int(count), int(attempts), error))
         return out
+
+    async def backlog(self) -> Backlog:
+        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        now = await self.server_time()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                keys = self.study_keys(sid)
+                pipe.hmget(keys[0], "total", "done", "failed", "reserved")
+                pipe.zcard(keys[1])
+                pipe.zcard(keys[2])
+            pipe.zcount(self._g("workers"), int(now.timestamp() * 1000) - 60_000, "+inf")
+            replies = await pipe.execute()
+        points: int | None = 0
+        ranges = trials = in_flight = active = 0
+        for k in range(len(sids)):
+            (total, done, failed, reserved), back, leases = replies[3 * k : 3 * k + 3]
+            if total is None:
+                continue
+            active += 1
+            ranges += int(back)
+            trials += int(leases)
+            in_flight += int(reserved)
+            if points is not None:
+                t = int(total)
+                points = None if t < 0 else points + t - int(done) - int(failed) - int(reserved)
+        return Backlog(points, ranges, trials, in_flight, active, int(replies[-1]))
 
     async def server_time(self) -> datetime:
         sec, usec = await self.client.time()

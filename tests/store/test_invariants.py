@@ -17,6 +17,12 @@ from tests.conftest import make_table, wire_json
 from tests.store.helpers import all_results, int_axis, registry, square
 
 
+@pytest.fixture
+def table(redis_table: RedisTable) -> RedisTable:
+    """These tests look at Redis keys and memory: RedisTable on each engine only."""
+    return redis_table
+
+
 async def _keys(table: RedisTable) -> set[bytes]:
     return {k async for k in table.client.scan_iter(match=f"{table.prefix}:*", count=1000)}
 

@@ -1,0 +1,410 @@
+"""The FastAPI app: lite_dist2 0.6.7's endpoints, wire-compatible, and ld2's extras.
+
+A thin shell over a `Table`: every handler validates, calls one table method and maps the
+domain errors to lite_dist2's status codes (400 bad input, 404 unknown study, 409 trial not
+acceptable, 422 schema). No traceback or server path ever reaches a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from ld2 import __version__
+from ld2.api import encode
+from ld2.api.security import BearerAuth, BodyLimit
+from ld2.core import models as m
+from ld2.core import results
+from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
+from ld2.store.base import ResultBlock, StudyState, Table
+from ld2.store.files import reap_periodically, save_periodically, save_snapshot
+
+log = logging.getLogger("ld2.api")
+
+NOT_FOUND = "Study not found."
+
+
+# -- ld2's extra models --------------------------------------
+
+
+class LeaseParam(BaseModel):
+    trial_id: str
+    worker_node_id: str
+
+
+class LeaseAnswer(BaseModel):
+    answer: Literal["ok", "stop"]
+
+
+class FailParam(LeaseParam):
+    error: str = ""
+    count_attempt: bool = True
+
+
+class StudyInfo(BaseModel):
+    """ld2's full view of a study: lite_dist2's summary plus what ld2 tracks besides."""
+
+    summary: m.StudySummary
+    status: Literal["wait", "running", "paused", "done"]
+    failed_grids: int
+    reserved_grids: int
+    priority: int
+    started_timestamp: Any = None
+    finished_timestamp: Any = None
+    hit_flat_index: int | None = None
+    best_flat_index: int | None = None
+    vector_length: int | None = None
+
+
+class FailureModel(BaseModel):
+    start: int
+    count: int
+    attempts: int
+    error: str
+
+
+class BacklogModel(BaseModel):
+    points_waiting: int | None
+    ranges_waiting: int
+    trials_in_flight: int
+    points_in_flight: int
+    active_studies: int
+    workers_seen: int
+
+
+class ReapResponse(BaseModel):
+    reaped: int
+
+
+def study_info(state: StudyState) -> StudyInfo:
+    return StudyInfo(
+        summary=state.summary(),
+        status=state.status,
+        failed_grids=state.failed,
+        reserved_grids=state.reserved,
+        priority=state.priority,
+        started_timestamp=state.started_at,
+        finished_timestamp=state.finished_at,
+        hit_flat_index=state.hit_flat,
+        best_flat_index=state.best_flat,
+        vector_length=state.vector_len,
+    )
+
+
+# -- the app --------------------------------------
+
+
+def create_app(
+    table: Table | Callable[[], Table],
+    *,
+    token: str | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
+    curriculum_path: Path = Path("curriculum.json"),
+    save_interval: float | None = None,
+    reap_interval: float | None = None,
+) -> FastAPI:
+    """An app over `table` (or a factory called at start-up, for server processes)."""
+    holder: dict[str, Table] = {}
+    if isinstance(table, Table):
+        holder["table"] = table
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if "table" not in holder:
+            holder["table"] = table()  # type: ignore[operator]
+        tasks = []
+        if save_interval:
+            tasks.append(
+                asyncio.create_task(save_periodically(T(), curriculum_path, save_interval))
+            )
+        if reap_interval:
+            tasks.append(asyncio.create_task(reap_periodically(T(), reap_interval)))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            if not isinstance(table, Table):
+                await holder["table"].close()
+
+    def T() -> Table:
+        return holder["table"]
+
+    app = FastAPI(
+        title="ld2",
+        version=__version__,
+        description="Distributed parameter sweeps on Redis; wire-compatible with lite_dist2 0.6.7.",
+        lifespan=lifespan,
+    )
+    _errors(app)
+
+    # -- lite_dist2 endpoints --------------------------------------
+
+    @app.get("/ping", response_model=m.OkResponse, tags=["lite_dist2"])
+    async def ping() -> m.OkResponse:
+        return m.OkResponse(ok=True)
+
+    @app.get("/save", response_model=m.OkResponse, tags=["lite_dist2"])
+    async def save() -> m.OkResponse:
+        """Write the curriculum snapshot to the configured ``curriculum_path``."""
+        try:
+            await save_snapshot(T(), curriculum_path)
+        except OSError as err:
+            log.error("cannot write the curriculum snapshot to %s: %s", curriculum_path, err)
+            return JSONResponse({"detail": "could not write the curriculum snapshot"}, 500)  # type: ignore[return-value]
+        return m.OkResponse(ok=True)
+
+    @app.get("/status", response_model=m.CurriculumSummaryResponse, tags=["lite_dist2"])
+    async def status() -> m.CurriculumSummaryResponse:
+        return m.CurriculumSummaryResponse(
+            summaries=[s.summary() for s in await T().list_studies()]
+        )
+
+    @app.get("/status/progress", response_model=m.ProgressSummaryResponse, tags=["lite_dist2"])
+    async def progress(cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
+        return await T().progress(cutoff_sec)
+
+    @app.post("/study/register", response_model=m.StudyRegisteredResponse, tags=["lite_dist2"])
+    async def register_study(param: m.StudyRegisterParam) -> m.StudyRegisteredResponse:
+        sid = await T().register_study(param.study, priority=param.priority)
+        return m.StudyRegisteredResponse(study_id=sid)
+
+    @app.post(
+        "/trial/reserve",
+        response_model=m.TrialReserveResponse,
+        responses={202: {"model": m.TrialReserveResponse, "description": "no trial available"}},
+        tags=["lite_dist2"],
+    )
+    async def reserve(param: m.TrialReserveParam) -> Response:
+        res = await T().reserve(
+            param.retaining_capacity, param.max_size, param.worker_node_id, param.worker_node_name
+        )
+        if res is None:
+            return JSONResponse({"trial": None}, status_code=202)
+        body = m.TrialReserveResponse(trial=res.to_wire()).model_dump_json()
+        return Response(body, media_type="application/json")
+
+    @app.post("/trial/register", response_model=m.OkResponse, tags=["lite_dist2"])
+    async def register_trial(param: m.TrialRegisterParam) -> m.OkResponse:
+        await T().register_trial(param.trial)
+        return m.OkResponse(ok=True)
+
+    @app.get(
+        "/study",
+        response_model=m.StudyResponse,
+        responses={202: {"model": m.StudyResponse, "description": "waiting or running"}},
+        tags=["lite_dist2"],
+    )
+    async def get_study(study_id: str | None = None, name: str | None = None) -> Response:
+        """The finished study with its results in grid order (streamed); 202 while active."""
+        state = await _find(T(), study_id, name)
+        if state.status != "done":
+            return JSONResponse({"status": state.wire_status, "result": None}, status_code=202)
+        return StreamingResponse(_storage_stream(T(), state), media_type="application/json")
+
+    @app.delete("/study", response_model=m.OkResponse, tags=["lite_dist2"])
+    async def cancel_study(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
+        state = await _find(T(), study_id, name)
+        await T().cancel(state.study_id)
+        return m.OkResponse(ok=True)
+
+    # -- ld2 extras --------------------------------------
+
+    @app.post("/trial/heartbeat", response_model=LeaseAnswer, tags=["ld2"])
+    async def heartbeat(param: LeaseParam) -> LeaseAnswer:
+        """Extend a trial's lease; ``stop`` tells the worker to abandon it."""
+        return LeaseAnswer(answer=await T().heartbeat(param.trial_id, param.worker_node_id))
+
+    @app.post("/trial/fail", response_model=m.OkResponse, tags=["ld2"])
+    async def fail(param: FailParam) -> m.OkResponse:
+        """Hand a trial back: a failure (counts an attempt) or a shutdown (not counted)."""
+        await T().fail(
+            param.trial_id, param.worker_node_id, param.error, count_attempt=param.count_attempt
+        )
+        return m.OkResponse(ok=True)
+
+    @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
+    async def reap() -> ReapResponse:
+        """Hand back every expired lease now (the API also does it periodically)."""
+        return ReapResponse(reaped=await T().reap())
+
+    @app.post("/study/pause", response_model=m.OkResponse, tags=["ld2"])
+    async def pause(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
+        await T().pause((await _find(T(), study_id, name)).study_id)
+        return m.OkResponse(ok=True)
+
+    @app.post("/study/resume", response_model=m.OkResponse, tags=["ld2"])
+    async def resume(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
+        await T().resume((await _find(T(), study_id, name)).study_id)
+        return m.OkResponse(ok=True)
+
+    @app.get("/study/info", response_model=StudyInfo, tags=["ld2"])
+    async def info(study_id: str | None = None, name: str | None = None) -> StudyInfo:
+        return study_info(await _find(T(), study_id, name))
+
+    @app.get("/studies", response_model=list[StudyInfo], tags=["ld2"])
+    async def studies() -> list[StudyInfo]:
+        return [study_info(s) for s in await T().list_studies()]
+
+    @app.get("/study/failures", response_model=list[FailureModel], tags=["ld2"])
+    async def failures(study_id: str | None = None, name: str | None = None) -> list[FailureModel]:
+        state = await _find(T(), study_id, name)
+        return [FailureModel(**f.__dict__) for f in await T().failures(state.study_id)]
+
+    @app.get(
+        "/study/results",
+        tags=["ld2"],
+        responses={
+            200: {
+                "content": {
+                    "text/csv": {},
+                    "application/x-ndjson": {},
+                    "application/octet-stream": {},
+                }
+            }
+        },
+    )
+    async def study_results(
+        study_id: str | None = None,
+        name: str | None = None,
+        format: Annotated[Literal["csv", "jsonl", "npy"], Query()] = "csv",
+    ) -> Response:
+        """Registered results in grid order, streamed; also while the study runs (partial).
+
+        csv: axis columns then ``result`` (or ``result_0…``); jsonl: one object per point with
+        its ``flat`` index (non-finite floats as the strings "nan", "inf", "-inf"); npy: a 1-D
+        structured array (axis fields and ``result``) of the points registered when asked.
+        """
+        state = await _find(T(), study_id, name)
+        return _results_response(T(), state, format)
+
+    @app.get("/backlog", response_model=BacklogModel, tags=["ld2"])
+    async def backlog() -> BacklogModel:
+        """Work waiting across active studies, for autoscalers."""
+        return BacklogModel(**(await T().backlog()).__dict__)
+
+    @app.get("/snapshot", tags=["ld2"])
+    async def snapshot() -> dict[str, Any]:
+        """The whole curriculum as an ld2 snapshot (what ``/save`` writes to disk)."""
+        return await T().export_snapshot()
+
+    @app.post("/snapshot", response_model=list[str], tags=["ld2"])
+    async def load(data: Annotated[dict[str, Any], Body()]) -> list[str]:
+        """Load an ld2 snapshot or a lite_dist2 ``curriculum.json``; returns the new study ids."""
+        return await T().import_snapshot(data)
+
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)  # outermost: before auth and parsing
+    return app
+
+
+async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:
+    if (study_id is None) == (name is None):
+        raise InvalidInput("study_id", "give exactly one of study_id and name")
+    try:
+        return await table.get_study(study_id=study_id, name=name)
+    except NotFound:
+        raise NotFound(NOT_FOUND) from None
+
+
+async def _selected_blocks(table: Table, state: StudyState) -> AsyncIterator[ResultBlock]:
+    """All results, or for find_exact / minimize just the row that answers the study."""
+    single = state.hit_flat if state.spec.strategy == "find_exact" else state.best_flat
+    if state.spec.strategy == "all_calculation":
+        async for block in table.iter_results(state.study_id):
+            yield block
+        return
+    if single is None:
+        return
+    async for block in table.iter_results(state.study_id):
+        if block.start <= single < block.start + block.count:
+            off = single - block.start
+            yield ResultBlock(single, block.values[off : off + 1])
+            return
+
+
+async def _storage_stream(table: Table, state: StudyState) -> AsyncIterator[bytes]:
+    spec = state.spec
+    params_info, result_info = results.info_templates(spec.space, spec.value_type, state.vector_len)
+    placeholder = m.MappingsStorage.model_construct(
+        params_info=params_info, result_info=result_info, values=[["__ld2_rows__"]]
+    )
+    storage = m.StudyStorage.model_construct(
+        **{name: getattr(spec.registry, name) for name in m.StudyCommon.model_fields},
+        study_id=state.study_id,
+        registered_timestamp=state.registered_at,
+        parameter_space=state.summary().parameter_space,
+        done_timestamp=state.finished_at or state.registered_at,
+        results=placeholder,
+        done_grids=state.done,
+        trial_repository=m.TrialRepositoryModel(type="normal", save_dir=f"ld2:{state.study_id}"),
+    )
+    text = m.StudyResponse.model_construct(status="done", result=storage).model_dump_json(
+        warnings=False
+    )
+    head, tail = text.split('["__ld2_rows__"]')
+    yield head.encode()
+    encoder = encode.RowEncoder(spec.space, spec.value_type, "portable")
+    async for part in encode.json_rows(encoder, _selected_blocks(table, state)):
+        yield part.encode()
+    yield tail.encode()
+
+
+def _results_response(table: Table, state: StudyState, fmt: str) -> Response:
+    spec = state.spec
+    fname = f"{state.label}.{fmt}"
+    headers = {"content-disposition": f'attachment; filename="{fname}"'}
+    if fmt == "npy":
+        dtype = encode.npy_dtype(spec.space, spec.value_type, state.vector_len)
+        if spec.vector and state.vector_len is None:
+            dtype = encode.npy_dtype(spec.space, spec.value_type, 0)
+
+        async def npy() -> AsyncIterator[bytes]:
+            left = state.done
+            yield encode.npy_header(dtype, left)
+            async for block in table.iter_results(state.study_id):
+                if left <= 0:
+                    break
+                yield encode.npy_records(spec.space, dtype, block, left)
+                left -= block.count
+
+        return StreamingResponse(npy(), media_type="application/octet-stream", headers=headers)
+    encoder = encode.RowEncoder(spec.space, spec.value_type, fmt)
+
+    async def text() -> AsyncIterator[bytes]:
+        if fmt == "csv":
+            yield encode.csv_header(spec.space, state.vector_len if spec.vector else None).encode()
+        async for block in table.iter_results(state.study_id):
+            for chunk in encode.chunks(encoder.rows(block)):
+                yield chunk
+
+    media = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    return StreamingResponse(text(), media_type=media, headers=headers)
+
+
+def _errors(app: FastAPI) -> None:
+    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(InvalidInput, handler(400))
+    app.add_exception_handler(NotFound, handler(404))
+    app.add_exception_handler(TrialRejected, handler(409))
+    app.add_exception_handler(BackendUnavailable, handler(503))
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.add_exception_handler(Exception, internal)

@@ -1,0 +1,158 @@
+"""Streaming a study's results: lite_dist2 JSON rows, CSV, JSON lines and .npy, in grid order.
+
+Each block of results is encoded column by column (axis values through a small table of the
+indices present, since they repeat), so a million rows never sit whole in memory and cost
+about a microsecond each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ld2.core.portable import ValueType
+from ld2.core.space import Space
+from ld2.store.base import ResultBlock
+
+Encoder = Callable[[Any], str]
+
+
+def _portable_json(kind: ValueType) -> Encoder:
+    if kind == "bool":
+        return lambda v: "true" if v else "false"
+    if kind == "int":
+        return lambda v: f'"{hex(v)}"'
+    return lambda v: f'"{float.hex(v)}"'  # float.hex gives 'inf', '-inf', 'nan' as lite_dist2
+
+
+def _plain(kind: ValueType, quote_nonfinite: bool) -> Encoder:
+    if kind == "bool":
+        return lambda v: "true" if v else "false"
+    if kind == "int":
+        return str
+    if not quote_nonfinite:
+        return repr
+    return lambda v: repr(v) if math.isfinite(v) else f'"{v!r}"'
+
+
+def column_names(space: Space) -> list[str]:
+    """Axis names, with ``x<k>`` for unnamed axes."""
+    return [a.name if a.name is not None else f"x{k}" for k, a in enumerate(space.axes)]
+
+
+def _param_columns(space: Space, start: int, count: int, enc: list[Encoder]) -> list[list[str]]:
+    out = []
+    for axis, idx, e in zip(space.axes, space.axis_indices(start, count), enc, strict=True):
+        ids = idx.tolist()
+        lo, hi = min(ids), max(ids)
+        table = [e(v) for v in axis.values(np.arange(lo, hi + 1, dtype=np.int64)).tolist()]
+        out.append([table[i - lo] for i in ids])
+    return out
+
+
+def _result_columns(values: np.ndarray, enc: Encoder) -> list[list[str]]:
+    if values.ndim == 1:
+        return [[enc(v) for v in values.tolist()]]
+    return [[enc(v) for v in values[:, j].tolist()] for j in range(values.shape[1])]
+
+
+class RowEncoder:
+    """Turns result blocks into text rows of one format."""
+
+    def __init__(self, space: Space, value_type: ValueType, fmt: str) -> None:
+        self.space = space
+        self.fmt = fmt
+        if fmt == "portable":
+            self.param_enc = [_portable_json(a.kind) for a in space.axes]
+            self.result_enc = _portable_json(value_type)
+        else:
+            quote = fmt == "jsonl"
+            self.param_enc = [_plain(a.kind, quote) for a in space.axes]
+            self.result_enc = _plain(value_type, quote)
+        self.names = column_names(space)
+
+    def rows(self, block: ResultBlock) -> list[str]:
+        cols = _param_columns(self.space, block.start, block.count, self.param_enc)
+        res = _result_columns(block.values, self.result_enc)
+        if self.fmt == "portable":
+            return ["[" + ",".join(r) + "]" for r in zip(*cols, *res, strict=True)]
+        if self.fmt == "csv":
+            return [",".join(r) + "\n" for r in zip(*cols, *res, strict=True)]
+        keys = [json.dumps(n) for n in self.names]
+        head = [f'{{"flat":{block.start + k}' for k in range(block.count)]
+        out = []
+        vector = block.values.ndim == 2
+        for k, row in enumerate(zip(*cols, strict=True)):
+            params = "".join(f",{key}:{v}" for key, v in zip(keys, row, strict=True))
+            result = "[" + ",".join(c[k] for c in res) + "]" if vector else res[0][k]
+            out.append(f'{head[k]}{params},"result":{result}}}\n')
+        return out
+
+
+def csv_header(space: Space, vector_len: int | None) -> str:
+    names = column_names(space)
+    results = ["result"] if vector_len is None else [f"result_{j}" for j in range(vector_len)]
+    return ",".join(names + results) + "\n"
+
+
+async def json_rows(encoder: RowEncoder, blocks: AsyncIterator[ResultBlock]) -> AsyncIterator[str]:
+    """The rows of a MappingsStorage ``values`` list, comma-separated, block by block."""
+    first = True
+    async for block in blocks:
+        text = ",".join(encoder.rows(block))
+        if text:
+            yield text if first else "," + text
+            first = False
+
+
+def npy_dtype(space: Space, value_type: ValueType, vector_len: int | None) -> np.dtype[Any]:
+    kinds = {"bool": "?", "int": "<i8", "float": "<f8"}
+    fields: list[Any] = [
+        (name, kinds[a.kind]) for name, a in zip(column_names(space), space.axes, strict=True)
+    ]
+    fields.append(("result", kinds[value_type]) if vector_len is None else
+                  ("result", kinds[value_type], (vector_len,)))  # fmt: skip
+    return np.dtype(fields)
+
+
+def npy_header(dtype: np.dtype[Any], rows: int) -> bytes:
+    """A .npy v1 header for a 1-D structured array of `rows` records."""
+    from numpy.lib import format as npformat
+
+    header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows,)}
+    text = repr(header).encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+def npy_records(space: Space, dtype: np.dtype[Any], block: ResultBlock, limit: int) -> bytes:
+    n = min(block.count, limit)
+    out = np.empty(n, dtype=dtype)
+    for name, arr in zip(column_names(space), space.arrays(block.start, n), strict=True):
+        if arr.dtype == object:
+            raise OverflowError(f"axis {name!r} has ints beyond int64; use csv or jsonl")
+        out[name] = arr
+    values = block.values[:n]
+    if values.dtype == object:
+        raise OverflowError("results hold ints beyond int64; use csv or jsonl")
+    out["result"] = values
+    return out.tobytes()
+
+
+def chunks(parts: Iterable[str], size: int = 1 << 16) -> Iterable[bytes]:
+    """Join small strings into ~64 KiB byte chunks for the response stream."""
+    buf: list[str] = []
+    n = 0
+    for p in parts:
+        buf.append(p)
+        n += len(p)
+        if n >= size:
+            yield "".join(buf).encode()
+            buf, n = [], 0
+    if buf:
+        yield "".join(buf).encode()

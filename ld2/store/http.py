@@ -1,0 +1,333 @@
+"""`HttpTable`: the `Table` interface over ld2's HTTP API (and lite_dist2 0.6.7's endpoints).
+
+One pooled httpx client; timeouts; retries with exponential backoff and jitter on connection
+errors and 5xx (never on 4xx, which are answers). Against a lite_dist2 table node, the
+endpoints it lacks degrade: heartbeats answer "ok" (leases there cannot be extended), a
+failure report is dropped (the lease expires there), and study state comes from ``/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Collection
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ld2.core import models as m
+from ld2.core import results
+from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
+from ld2.core.planning import check_max_size
+from ld2.core.study import StudySpec, parse_study
+from ld2.core.subspace import trial_range
+from ld2.store.base import (
+    Backlog,
+    Failure,
+    LeaseAnswer,
+    Outcome,
+    Reservation,
+    ResultBlock,
+    StudyState,
+    Table,
+    TrialRef,
+)
+from ld2.store.lite_dist2_import import registry_of
+
+
+class HttpTable(Table):
+    """The table behind an ld2 (or lite_dist2) API at `url`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+        lease_seconds: float = 600.0,
+    ) -> None:
+        headers = {"content-type": "application/json; charset=utf-8"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self.url = url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+        self.retries = retries
+        self.backoff = backoff
+        self.lease = timedelta(seconds=lease_seconds)
+        self._specs: dict[str, StudySpec] = {}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- transport --------------------------------------
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One call, retried on connection errors and 5xx with backoff and jitter."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                resp = await self.client.request(method, path, **kw)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise BackendUnavailable(f"ld2 API at {self.url}: {err!r}") from err
+            else:
+                if resp.status_code < 500 or attempt == self.retries:
+                    return _raise_for(resp)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return (await self._request(method, path, **kw)).json()
+
+    # -- studies --------------------------------------
+    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
+        parse_study(registry)  # refuse locally what the server would refuse, with the same message
+        body = m.StudyRegisterParam(study=registry, priority=priority).model_dump(mode="json")
+        return str((await self._json("POST", "/study/register", json=body))["study_id"])
+
+    async def _summaries(self) -> list[m.StudySummary]:
+        data = await self._json("GET", "/status")
+        return m.CurriculumSummaryResponse.model_validate(data).summaries
+
+    async def _spec(self, study_id: str) -> StudySpec:
+        spec = self._specs.get(study_id)
+        if spec is None:
+            for s in await self._summaries():
+                self._specs.setdefault(s.study_id, parse_study(registry_of(s, s.parameter_space)))
+            spec = self._specs.get(study_id)
+            if spec is None:
+                raise NotFound(f"Study not found: study_id={study_id}")
+        return spec
+
+    async def get_study(self, study_id: str | None = None, name: str | None = None) -> StudyState:
+        params = {k: v for k, v in (("study_id", study_id), ("name", name)) if v is not None}
+        try:
+            data = await self._json("GET", "/study/info", params=params)
+        except NotFound:
+            raise
+        except _NoSuchEndpoint:
+            for s in await self._summaries():
+                if s.study_id == study_id or (name is not None and s.name == name):
+                    return self._from_summary(s)
+            raise NotFound("Study not found.") from None
+        return self._from_info(data)
+
+    def _from_info(self, data: dict[str, Any]) -> StudyState:
+        summary = m.StudySummary.model_validate(data["summary"])
+        spec = self._specs.setdefault(
+            summary.study_id, parse_study(registry_of(summary, summary.parameter_space))
+        )
+        return StudyState(
+            study_id=summary.study_id,
+            spec=spec,
+            status=data["status"],
+            done=summary.done_grids,
+            failed=data["failed_grids"],
+            reserved=data["reserved_grids"],
+            registered_at=summary.registered_timestamp,
+            started_at=_dt(data.get("started_timestamp")),
+            finished_at=_dt(data.get("finished_timestamp")),
+            priority=data["priority"],
+            hit_flat=data.get("hit_flat_index"),
+            best_flat=data.get("best_flat_index"),
+            vector_len=data.get("vector_length"),
+        )
+
+    def _from_summary(self, s: m.StudySummary) -> StudyState:
+        spec = self._specs.setdefault(s.study_id, parse_study(registry_of(s, s.parameter_space)))
+        return StudyState(
+            study_id=s.study_id,
+            spec=spec,
+            status=s.status,  # type: ignore[arg-type]
+            done=s.done_grids,
+            failed=0,
+            reserved=0,
+            registered_at=s.registered_timestamp,
+            started_at=None,
+            finished_at=None,
+        )
+
+    async def list_studies(self) -> list[StudyState]:
+        try:
+            return [self._from_info(d) for d in await self._json("GET", "/studies")]
+        except _NoSuchEndpoint:
+            return [self._from_summary(s) for s in await self._summaries()]
+
+    async def cancel(self, study_id: str) -> None:
+        await self._request("DELETE", "/study", params={"study_id": study_id})
+
+    async def pause(self, study_id: str) -> None:
+        await self._request("POST", "/study/pause", params={"study_id": study_id})
+
+    async def resume(self, study_id: str) -> None:
+        await self._request("POST", "/study/resume", params={"study_id": study_id})
+
+    # -- trials --------------------------------------
+    async def reserve(
+        self,
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+    ) -> Reservation | None:
+        check_max_size(max_size)
+        body = {
+            "retaining_capacity": sorted(capacities),
+            "max_size": max_size,
+            "worker_node_name": worker_name,
+            "worker_node_id": worker_id,
+        }
+        resp = await self._request("POST", "/trial/reserve", json=body)
+        trial = m.TrialReserveResponse.model_validate_json(resp.content).trial
+        if resp.status_code == 202 or trial is None:
+            return None
+        spec = await self._spec(trial.study_id)
+        start, count = trial_range(spec.space, trial.parameter_space)
+        return Reservation(
+            study_id=trial.study_id,
+            trial_id=trial.trial_id,
+            worker_id=worker_id,
+            start=start,
+            count=count,
+            worker_name=worker_name,
+            attempt=0,
+            reserved_at=trial.reserved_timestamp,
+            deadline=trial.reserved_timestamp + self.lease,
+            spec=spec,
+        )
+
+    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+        spec = await self._spec(trial.study_id)
+        typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
+        if isinstance(trial, Reservation):
+            model = trial.to_wire()
+        else:
+            raise InvalidInput("trial", "registering over HTTP needs the Reservation itself")
+        model.results = results.to_mappings(spec.space, trial.start, typed, spec.value_type)
+        return await self.register_trial(model)
+
+    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+        body = m.TrialRegisterParam(trial=trial).model_dump(mode="json")
+        await self._request("POST", "/trial/register", json=body)
+        return "ok"
+
+    async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
+        body = {"trial_id": trial_id, "worker_node_id": worker_id}
+        try:
+            data = await self._json("POST", "/trial/heartbeat", json=body)
+        except _NoSuchEndpoint:
+            return "ok"  # lite_dist2: no leases to extend
+        return "stop" if data["answer"] == "stop" else "ok"
+
+    async def fail(
+        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+    ) -> None:
+        body = {
+            "trial_id": trial_id,
+            "worker_node_id": worker_id,
+            "error": error,
+            "count_attempt": count_attempt,
+        }
+        try:
+            await self._request("POST", "/trial/fail", json=body)
+        except _NoSuchEndpoint:
+            return  # lite_dist2: the lease simply expires there
+
+    async def reap(self) -> int:
+        return int((await self._json("POST", "/trial/reap"))["reaped"])
+
+    # -- reading --------------------------------------
+    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
+        data = await self._json("GET", "/status/progress", params={"cutoff_sec": cutoff_sec})
+        return m.ProgressSummaryResponse.model_validate(data)
+
+    async def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:
+        spec = await self._spec(study_id)
+        params = {"study_id": study_id, "format": "jsonl"}
+        run: list[Any] = []
+        run_start = prev = -2
+        async with self.client.stream("GET", "/study/results", params=params) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp)
+            async for line in resp.aiter_lines():
+                if not line:
+                    continue
+                row = json.loads(line)
+                flat = row["flat"]
+                if flat != prev + 1 and run:
+                    yield _block(spec, run_start, run)
+                    run = []
+                if not run:
+                    run_start = flat
+                run.append(_unquote(row["result"], spec.value_type))
+                prev = flat
+        if run:
+            yield _block(spec, run_start, run)
+
+    async def failures(self, study_id: str) -> list[Failure]:
+        data = await self._json("GET", "/study/failures", params={"study_id": study_id})
+        return [Failure(**f) for f in data]
+
+    async def backlog(self) -> Backlog:
+        return Backlog(**await self._json("GET", "/backlog"))
+
+    async def export_snapshot(self) -> dict[str, Any]:
+        return dict(await self._json("GET", "/snapshot"))
+
+    async def import_snapshot(self, data: dict[str, Any]) -> list[str]:
+        return list(await self._json("POST", "/snapshot", json=data))
+
+
+class _NoSuchEndpoint(NotFound):
+    """A 404 for the path itself (an older or lite_dist2 server), not for a study."""
+
+
+def _raise_for(resp: httpx.Response) -> httpx.Response:
+    if resp.status_code < 400:
+        return resp
+    try:
+        detail = resp.json().get("detail")
+    except ValueError:
+        detail = resp.text[:200]
+    if resp.status_code == 404:
+        if detail == "Not Found":
+            raise _NoSuchEndpoint(f"{resp.request.url.path} is not served here")
+        raise NotFound(str(detail))
+    if resp.status_code == 409:
+        raise TrialRejected.from_message(str(detail))
+    if resp.status_code in (400, 401, 413, 422):
+        if isinstance(detail, list):
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
+            )
+        raise InvalidInput("", f"HTTP {resp.status_code}: {detail}")
+    raise BackendUnavailable(f"ld2 API at {resp.request.url}: HTTP {resp.status_code}: {detail}")
+
+
+def _unquote(v: Any, value_type: str) -> Any:
+    if isinstance(v, list):
+        return [_unquote(x, value_type) for x in v]
+    if isinstance(v, str):
+        return float(v)  # "nan", "inf", "-inf"
+    if value_type == "float" and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    return v
+
+
+def _block(spec: StudySpec, start: int, values: list[Any]) -> ResultBlock:
+    return ResultBlock(start, results.coerce(values, spec.value_type, spec.vector, len(values)))
+
+
+def _dt(value: Any) -> Any:
+    from datetime import datetime
+
+    return None if value is None else datetime.fromisoformat(value)
