@@ -46,14 +46,19 @@ def app_from_env() -> FastAPI:
     return build_app(ApiSettings.model_validate_json(os.environ[ENV]))
 
 
+def binding_warning(host: str, port: int, token: str | None) -> str | None:
+    """The warning for a non-loopback bind without a token (None when there is nothing to say)."""
+    if is_loopback(host) or token:
+        return None
+    return (
+        f"binding {host} without a token: anyone who can reach port {port} can register, "
+        "cancel and forge results. Set LD2_API_TOKEN or --token."
+    )
+
+
 def serve(settings: ApiSettings, host: str, port: int, workers: int = 1) -> None:
-    if not is_loopback(host) and not settings.token:
-        log.warning(
-            "binding %s without a token: anyone who can reach port %d can register, cancel "
-            "and forge results. Set LD2_API_TOKEN or --token.",
-            host,
-            port,
-        )
+    if warning := binding_warning(host, port, settings.token):
+        log.warning(warning)
     os.environ[ENV] = settings.model_dump_json()
     uvicorn.run(
         "ld2.api.server:app_from_env",
