@@ -80,6 +80,15 @@ class BacklogModel(BaseModel):
     workers_seen: int
 
 
+class CycleParam(BaseModel):
+    """A finished trial and what to reserve next: a worker's steady state in one request."""
+
+    trial: m.TrialModel
+    retaining_capacity: list[str]
+    max_size: int
+    worker_node_name: str | None = None
+
+
 class ReapResponse(BaseModel):
     reaped: int
 
@@ -230,6 +239,17 @@ def create_app(
             param.trial_id, param.worker_node_id, param.error, count_attempt=param.count_attempt
         )
         return m.OkResponse(ok=True)
+
+    @app.post("/trial/cycle", response_model=m.TrialReserveResponse, tags=["ld2"])
+    async def cycle(param: CycleParam) -> Response:
+        """Register a trial and reserve the next one in one request (202 when none is left)."""
+        _, nxt = await T().register_trial_and_reserve(
+            param.trial, param.retaining_capacity, param.max_size, param.worker_node_name
+        )
+        if nxt is None:
+            return JSONResponse({"trial": None}, status_code=202)
+        body = m.TrialReserveResponse(trial=nxt.to_wire()).model_dump_json()
+        return Response(body, media_type="application/json")
 
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
     async def reap() -> ReapResponse:

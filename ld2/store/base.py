@@ -193,6 +193,18 @@ class Table(abc.ABC):
         outcome = await self.register(trial, values)
         return outcome, await self.reserve(capacities, max_size, trial.worker_id, worker_name)
 
+    async def register_trial_and_reserve(
+        self,
+        trial: m.TrialModel,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None = None,
+    ) -> tuple[Outcome, Reservation | None]:
+        """`register_trial`, then `reserve` for the same worker (one round trip where possible)."""
+        outcome = await self.register_trial(trial)
+        nxt = await self.reserve(capacities, max_size, trial.worker_node_id, worker_name)
+        return outcome, nxt
+
     @abc.abstractmethod
     async def register_trial(self, trial: m.TrialModel) -> Outcome:
         """Register a lite_dist2 trial upload (its space and mappings are checked)."""

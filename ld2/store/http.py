@@ -63,6 +63,7 @@ class HttpTable(Table):
         self.backoff = backoff
         self.lease = timedelta(seconds=lease_seconds)
         self._specs: dict[str, StudySpec] = {}
+        self._has_cycle = True
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -186,6 +187,11 @@ class HttpTable(Table):
             "worker_node_id": worker_id,
         }
         resp = await self._request("POST", "/trial/reserve", json=body)
+        return await self._reservation(resp, worker_id, worker_name)
+
+    async def _reservation(
+        self, resp: httpx.Response, worker_id: str, worker_name: str | None
+    ) -> Reservation | None:
         trial = m.TrialReserveResponse.model_validate_json(resp.content).trial
         if resp.status_code == 202 or trial is None:
             return None
@@ -204,15 +210,47 @@ class HttpTable(Table):
             spec=spec,
         )
 
-    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
-        spec = await self._spec(trial.study_id)
-        typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
-        if isinstance(trial, Reservation):
-            model = trial.to_wire()
-        else:
+    def _upload(self, trial: TrialRef, values: np.ndarray) -> m.TrialModel:
+        if not isinstance(trial, Reservation):
             raise InvalidInput("trial", "registering over HTTP needs the Reservation itself")
+        spec = trial.spec
+        typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
+        model = trial.to_wire()
         model.results = results.to_mappings(spec.space, trial.start, typed, spec.value_type)
-        return await self.register_trial(model)
+        return model
+
+    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+        return await self.register_trial(self._upload(trial, values))
+
+    async def register_and_reserve(
+        self,
+        trial: TrialRef,
+        values: np.ndarray,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None = None,
+    ) -> tuple[Outcome, Reservation | None]:
+        """One request (``/trial/cycle``) on ld2; two on lite_dist2, which lacks it."""
+        if not self._has_cycle or not isinstance(trial, Reservation):
+            return await super().register_and_reserve(
+                trial, values, capacities, max_size, worker_name
+            )
+        check_max_size(max_size)
+        model = self._upload(trial, values)
+        body = {
+            "trial": model.model_dump(mode="json"),
+            "retaining_capacity": sorted(capacities),
+            "max_size": max_size,
+            "worker_node_name": worker_name,
+        }
+        try:
+            resp = await self._request("POST", "/trial/cycle", json=body)
+        except _NoSuchEndpoint:
+            self._has_cycle = False
+            return await super().register_and_reserve(
+                trial, values, capacities, max_size, worker_name
+            )
+        return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
     async def register_trial(self, trial: m.TrialModel) -> Outcome:
         body = m.TrialRegisterParam(trial=trial).model_dump(mode="json")

@@ -415,7 +415,8 @@ class RedisTable(Table):
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_typed(spec, trial, typed)
 
-    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+    async def _upload(self, trial: m.TrialModel) -> tuple[StudySpec, TrialRef, np.ndarray]:
+        """A lite_dist2 upload checked against its study: the trial and its typed results."""
         spec = await self._spec(trial.study_id)
         start, count = trial_range(spec.space, trial.parameter_space, "trial.parameter_space")
         if trial.results is None:
@@ -430,8 +431,27 @@ class RedisTable(Table):
             )
         except InvalidInput as err:
             raise err.under("trial") from None
-        ref = TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count)
+        return (
+            spec,
+            TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count),
+            typed,
+        )
+
+    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+        spec, ref, typed = await self._upload(trial)
         return await self._register_typed(spec, ref, typed)
+
+    async def register_trial_and_reserve(
+        self,
+        trial: m.TrialModel,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None = None,
+    ) -> tuple[Outcome, Reservation | None]:
+        spec, ref, typed = await self._upload(trial)
+        return await self._register_and_reserve_typed(
+            spec, ref, typed, capacities, max_size, worker_name
+        )
 
     def _register_args(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> list[Any]:
         hit = -1
@@ -483,9 +503,22 @@ class RedisTable(Table):
     ) -> tuple[Outcome, Reservation | None]:
         """Register, then lease the next trial of the same study in the same round trip, as
         long as that study is still the first one these capacities should work on."""
-        check_max_size(max_size)
         spec = await self._spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
+        return await self._register_and_reserve_typed(
+            spec, trial, typed, capacities, max_size, worker_name
+        )
+
+    async def _register_and_reserve_typed(
+        self,
+        spec: StudySpec,
+        trial: TrialRef,
+        typed: np.ndarray,
+        capacities: Collection[str],
+        max_size: int,
+        worker_name: str | None,
+    ) -> tuple[Outcome, Reservation | None]:
+        check_max_size(max_size)
         if time.monotonic() - self._index_at > self.index_ttl:
             await self._refresh_index()
         retained = frozenset(capacities)
