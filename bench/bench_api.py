@@ -166,12 +166,14 @@ async def main(seconds: float = 3.0) -> None:
         t0 = time.perf_counter()
         parts: list[bytes] = []
         size = 0
-        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
-            async with http.stream("GET", "/study", params={"study_id": sid}) as resp:
-                assert resp.status_code == 200, resp.status_code
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    parts.append(chunk)
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=120) as http,
+            http.stream("GET", "/study", params={"study_id": sid}) as resp,
+        ):
+            assert resp.status_code == 200, resp.status_code
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                parts.append(chunk)
         dt = time.perf_counter() - t0
         peak = {p: _rss_kb(p, "VmHWM") for p in pids}
         growth = max(peak[p] - before[p] for p in pids) / 1024
