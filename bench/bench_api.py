@@ -14,23 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import redis
 import redis.asyncio as aioredis
 
 from ld2.store.http import HttpTable
 from ld2.store.redis import RedisTable
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_store import _free_port, _rate, _registry
+from common import free_port, private_redis, rate, registry
 
 
 def _children(pid: int) -> list[int]:
@@ -54,34 +51,12 @@ def _rss_kb(pid: int, field: str) -> int:
 
 
 async def main(seconds: float = 3.0) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed for this benchmark")
-    rport, aport = _free_port(), _free_port()
-    workdir = tempfile.mkdtemp()
-    rproc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(rport),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{rport}/0"
-    for _ in range(200):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
+    with private_redis() as url:
+        await _measure(url, seconds)
+
+
+async def _measure(url: str, seconds: float) -> None:
+    aport = free_port()
     api = subprocess.Popen(
         [
             sys.executable,
@@ -110,7 +85,7 @@ async def main(seconds: float = 3.0) -> None:
     client = aioredis.Redis.from_url(url, max_connections=64)
     try:
         direct = RedisTable(client, prefix="bench")
-        await direct.register_study(_registry(None, "cycles"))
+        await direct.register_study(registry(None, "cycles"))
         z = np.zeros(1, dtype=np.int64)
 
         async def direct_cycle(i: int) -> None:
@@ -118,8 +93,8 @@ async def main(seconds: float = 3.0) -> None:
             assert res is not None
             await direct.register(res, z)
 
-        d1 = await _rate(direct_cycle, 1, seconds)
-        d8 = await _rate(direct_cycle, 8, seconds)
+        d1 = await rate(direct_cycle, 1, seconds)
+        d8 = await rate(direct_cycle, 8, seconds)
         print(f"direct Redis, reserve+register, 1 client : {d1:8.0f} cycles/s")
         print(f"direct Redis, reserve+register, 8 clients: {d8:8.0f} cycles/s")
         tables = [HttpTable(base) for _ in range(8)]
@@ -129,8 +104,8 @@ async def main(seconds: float = 3.0) -> None:
             assert res is not None
             await tables[i].register(res, z)
 
-        h1 = await _rate(http_cycle, 1, seconds)
-        h8 = await _rate(http_cycle, 8, seconds)
+        h1 = await rate(http_cycle, 1, seconds)
+        h8 = await rate(http_cycle, 8, seconds)
         print(
             f"API --workers 2, HttpTable, 1 client     : {h1:8.0f} cycles/s  ({h1 / d1:.2f}x direct)"
         )
@@ -143,11 +118,11 @@ async def main(seconds: float = 3.0) -> None:
             res = held.get(i) or await tables[i].reserve([], 1, f"c{i}")
             _, held[i] = await tables[i].register_and_reserve(res, z, [], 1)  # type: ignore[arg-type]
 
-        k1 = await _rate(http_chained, 1, seconds)
-        k8 = await _rate(http_chained, 8, seconds)
+        k1 = await rate(http_chained, 1, seconds)
+        k8 = await rate(http_chained, 8, seconds)
         print(f"API --workers 2, /trial/cycle, 1 client  : {k1:8.0f} cycles/s")
         print(f"API --workers 2, /trial/cycle, 8 clients : {k8:8.0f} cycles/s  (goal ≥ 1,500)")
-        ping_rate = await _rate(lambda i: tables[i].client.get("/ping"), 8, seconds)
+        ping_rate = await rate(lambda i: tables[i].client.get("/ping"), 8, seconds)
         print(
             f"API --workers 2, GET /ping, 8 clients    : {ping_rate:8.0f} requests/s  (the stack's ceiling)"
         )
@@ -156,7 +131,7 @@ async def main(seconds: float = 3.0) -> None:
 
         # a 10^6-point int study, registered directly in 10^4-point trials
         await direct.cancel((await direct.get_study(name="cycles")).study_id)
-        reg = _registry(1_000_000, "million")
+        reg = registry(1_000_000, "million")
         sid = await direct.register_study(reg)
         rng = np.random.default_rng(0)
         while (res := await direct.reserve([], 10_000, "filler")) is not None:
@@ -191,8 +166,6 @@ async def main(seconds: float = 3.0) -> None:
         await client.aclose()
         api.terminate()
         api.wait(15)
-        rproc.terminate()
-        rproc.wait()
 
 
 if __name__ == "__main__":

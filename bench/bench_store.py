@@ -14,122 +14,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import redis
 import redis.asyncio as aioredis
 
-from ld2.core import models as m
 from ld2.store.redis import RedisTable
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _registry(size: int | None, name: str) -> m.StudyRegistry:
-    strategy = "all_calculation" if size is not None else "find_exact"
-    param = (
-        None
-        if size is not None
-        else {"target_value": {"type": "scalar", "value_type": "int", "value": "-0x1"}}
-    )
-    return m.StudyRegistry.model_validate(
-        {
-            "name": name,
-            "required_capacity": [],
-            "study_strategy": {"type": strategy, "study_strategy_param": param},
-            "suggest_strategy": {
-                "type": "sequential",
-                "suggest_strategy_param": {"strict_aligned": True},
-            },
-            "const_param": None,
-            "result_type": "scalar",
-            "result_value_type": "int",
-            "parameter_space": {
-                "type": "aligned",
-                "axes": [
-                    {
-                        "name": "x",
-                        "type": "int",
-                        "size": None if size is None else hex(size),
-                        "step": "0x1",
-                        "start": "0x0",
-                    }
-                ],
-            },
-        }
-    )
-
-
-async def _rate(fn, clients: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
-    stop = time.perf_counter() + seconds
-    counts = [0] * clients
-
-    async def loop(i: int) -> None:
-        while time.perf_counter() < stop:
-            await fn(i)
-            counts[i] += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(loop(i) for i in range(clients)))
-    return sum(counts) / (time.perf_counter() - t0)
+sys.path.insert(0, str(Path(__file__).parent))
+from common import private_redis, rate, registry
 
 
 async def main(history: int, seconds: float) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed for this benchmark")
-    port = _free_port()
-    workdir = tempfile.mkdtemp()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(200):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
+    with private_redis() as url:
+        await _measure(url, history, seconds)
+
+
+async def _measure(url: str, history: int, seconds: float) -> None:
     client = aioredis.Redis.from_url(url, max_connections=64)
     try:
         trivial = client.register_script("return 1")
-        raw1 = await _rate(lambda i: trivial(keys=["k"], args=[]), 1, seconds)
-        raw8 = await _rate(lambda i: trivial(keys=["k"], args=[]), 8, seconds)
+        raw1 = await rate(lambda i: trivial(keys=["k"], args=[]), 1, seconds)
+        raw8 = await rate(lambda i: trivial(keys=["k"], args=[]), 8, seconds)
         print(f"raw EVALSHA (trivial script), 1 client : {raw1:9.0f} /s")
         print(f"raw EVALSHA (trivial script), 8 clients: {raw8:9.0f} /s")
 
         table = RedisTable(client, prefix="bench")
-        await table.register_study(_registry(None, "cycles"))
+        await table.register_study(registry(None, "cycles"))
 
         async def cycle(i: int) -> None:
             res = await table.reserve([], 1, f"w{i}")
             assert res is not None
             await table.register(res, np.zeros(1, dtype=np.int64))
 
-        c1 = await _rate(cycle, 1, seconds)
-        c8 = await _rate(cycle, 8, seconds)
+        c1 = await rate(cycle, 1, seconds)
+        c8 = await rate(cycle, 8, seconds)
         print(f"ld2 reserve, register (2 calls), 1 client : {c1:9.0f} /s  ({c1 / raw1:.0%} of raw)")
         print(f"ld2 reserve, register (2 calls), 8 clients: {c8:9.0f} /s  ({c8 / raw8:.0%} of raw)")
         held: dict[int, object] = {}
@@ -138,8 +59,8 @@ async def main(history: int, seconds: float) -> None:
             res = held.get(i) or await table.reserve([], 1, f"c{i}")
             _, held[i] = await table.register_and_reserve(res, np.zeros(1, dtype=np.int64), [], 1)  # type: ignore[arg-type]
 
-        k1 = await _rate(chained, 1, seconds)
-        k8 = await _rate(chained, 8, seconds)
+        k1 = await rate(chained, 1, seconds)
+        k8 = await rate(chained, 8, seconds)
         print(
             f"ld2 register_and_reserve (1 call), 1 client : {k1:9.0f} /s  ({k1 / raw1:.0%} of raw; goal ≥ 50%)"
         )
@@ -149,7 +70,7 @@ async def main(history: int, seconds: float) -> None:
 
         # cost must not grow with history: a fresh study, measured after 10^3 and after `history`
         hist = RedisTable(client, prefix="hist")
-        await hist.register_study(_registry(None, "history"))
+        await hist.register_study(registry(None, "history"))
 
         hist_held: dict[int, object] = {}
 
@@ -161,7 +82,7 @@ async def main(history: int, seconds: float) -> None:
 
         for _ in range(1000):
             await hist_cycle(0)
-        early = await _rate(hist_cycle, 1, seconds)
+        early = await rate(hist_cycle, 1, seconds)
         done = (await hist.get_study(name="history")).done
         t0 = time.perf_counter()
         while done < history:
@@ -170,7 +91,7 @@ async def main(history: int, seconds: float) -> None:
             await asyncio.gather(*(_n_cycles(hist_cycle, i, n) for i, n in enumerate(shares)))
             done = (await hist.get_study(name="history")).done
             print(f"  … {done} trials registered ({time.perf_counter() - t0:.0f} s)", flush=True)
-        late = await _rate(hist_cycle, 1, seconds)
+        late = await rate(hist_cycle, 1, seconds)
         print(
             f"\ncycles/s after 10^3 trials: {early:9.0f}; after {done}: {late:9.0f}  "
             f"(ratio {late / early:.2f}; goal ≥ 0.8)"
@@ -178,7 +99,7 @@ async def main(history: int, seconds: float) -> None:
 
         # memory per stored int result point, 1,000-point trials
         mem = RedisTable(client, prefix="mem")
-        sid = await mem.register_study(_registry(2_000_000, "memory"))
+        sid = await mem.register_study(registry(2_000_000, "memory"))
         before = (await client.info("memory"))["used_memory"]
         rng = np.random.default_rng(1)
         for kind, values in (
@@ -203,8 +124,6 @@ async def main(history: int, seconds: float) -> None:
         del before
     finally:
         await client.aclose()
-        proc.terminate()
-        proc.wait()
 
 
 async def _n_cycles(fn, i: int, n: int) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from ld2.api.security import BearerAuth, BodyLimit
 from ld2.core import models as m
 from ld2.core import results
 from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
-from ld2.store.base import ResultBlock, StudyState, Table
+from ld2.store.base import Reservation, ResultBlock, StudyState, Table
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
 log = logging.getLogger("ld2.api")
@@ -196,10 +196,7 @@ def create_app(
         res = await T().reserve(
             param.retaining_capacity, param.max_size, param.worker_node_id, param.worker_node_name
         )
-        if res is None:
-            return JSONResponse({"trial": None}, status_code=202)
-        body = m.TrialReserveResponse(trial=res.to_wire()).model_dump_json()
-        return Response(body, media_type="application/json")
+        return _trial_reply(res)
 
     @app.post("/trial/register", response_model=m.OkResponse, tags=["lite_dist2"])
     async def register_trial(param: m.TrialRegisterParam) -> m.OkResponse:
@@ -246,10 +243,7 @@ def create_app(
         _, nxt = await T().register_trial_and_reserve(
             param.trial, param.retaining_capacity, param.max_size, param.worker_node_name
         )
-        if nxt is None:
-            return JSONResponse({"trial": None}, status_code=202)
-        body = m.TrialReserveResponse(trial=nxt.to_wire()).model_dump_json()
-        return Response(body, media_type="application/json")
+        return _trial_reply(nxt)
 
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
     async def reap() -> ReapResponse:
@@ -325,6 +319,14 @@ def create_app(
         app.add_middleware(BearerAuth, token=token)
     app.add_middleware(BodyLimit, limit=max_body_bytes)  # outermost: before auth and parsing
     return app
+
+
+def _trial_reply(res: Reservation | None) -> Response:
+    """lite_dist2's reserve answer: 200 with the trial, or 202 ``{"trial": null}``."""
+    if res is None:
+        return JSONResponse({"trial": None}, status_code=202)
+    body = m.TrialReserveResponse(trial=res.to_wire()).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:
