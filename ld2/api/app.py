@@ -19,12 +19,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from ld2 import __version__
-from ld2.api import encode
+from ld2 import export as encode
 from ld2.api.security import BearerAuth, BodyLimit
 from ld2.core import models as m
-from ld2.core import results
 from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
-from ld2.store.base import Reservation, ResultBlock, StudyState, Table
+from ld2.store.base import Reservation, StudyState, Table
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
 log = logging.getLogger("ld2.api")
@@ -214,7 +213,7 @@ def create_app(
         state = await _find(T(), study_id, name)
         if state.status != "done":
             return JSONResponse({"status": state.wire_status, "result": None}, status_code=202)
-        return StreamingResponse(_storage_stream(T(), state), media_type="application/json")
+        return StreamingResponse(encode.storage_stream(T(), state), media_type="application/json")
 
     @app.delete("/study", response_model=m.OkResponse, tags=["lite_dist2"])
     async def cancel_study(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
@@ -336,49 +335,6 @@ async def _find(table: Table, study_id: str | None, name: str | None) -> StudySt
         return await table.get_study(study_id=study_id, name=name)
     except NotFound:
         raise NotFound(NOT_FOUND) from None
-
-
-async def _selected_blocks(table: Table, state: StudyState) -> AsyncIterator[ResultBlock]:
-    """All results, or for find_exact / minimize just the row that answers the study."""
-    single = state.hit_flat if state.spec.strategy == "find_exact" else state.best_flat
-    if state.spec.strategy == "all_calculation":
-        async for block in table.iter_results(state.study_id):
-            yield block
-        return
-    if single is None:
-        return
-    async for block in table.iter_results(state.study_id):
-        if block.start <= single < block.start + block.count:
-            off = single - block.start
-            yield ResultBlock(single, block.values[off : off + 1])
-            return
-
-
-async def _storage_stream(table: Table, state: StudyState) -> AsyncIterator[bytes]:
-    spec = state.spec
-    params_info, result_info = results.info_templates(spec.space, spec.value_type, state.vector_len)
-    placeholder = m.MappingsStorage.model_construct(
-        params_info=params_info, result_info=result_info, values=[["__ld2_rows__"]]
-    )
-    storage = m.StudyStorage.model_construct(
-        **{name: getattr(spec.registry, name) for name in m.StudyCommon.model_fields},
-        study_id=state.study_id,
-        registered_timestamp=state.registered_at,
-        parameter_space=state.summary().parameter_space,
-        done_timestamp=state.finished_at or state.registered_at,
-        results=placeholder,
-        done_grids=state.done,
-        trial_repository=m.TrialRepositoryModel(type="normal", save_dir=f"ld2:{state.study_id}"),
-    )
-    text = m.StudyResponse.model_construct(status="done", result=storage).model_dump_json(
-        warnings=False
-    )
-    head, tail = text.split('["__ld2_rows__"]')
-    yield head.encode()
-    encoder = encode.RowEncoder(spec.space, spec.value_type, "portable")
-    async for part in encode.json_rows(encoder, _selected_blocks(table, state)):
-        yield part.encode()
-    yield tail.encode()
 
 
 def _results_response(table: Table, state: StudyState, fmt: str) -> Response:

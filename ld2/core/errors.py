@@ -19,6 +19,9 @@ class InvalidInput(LD2Error, ValueError):
         self.problem = problem
         super().__init__(f"{field}: {problem}" if field else problem)
 
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str, str]]:
+        return (type(self), (self.field, self.problem))  # survives a trip between processes
+
     def under(self, prefix: str) -> InvalidInput:
         """The same error, with its field placed under `prefix` (``study`` + ``name``)."""
         if not prefix:
@@ -56,6 +59,9 @@ class TrialRejected(LD2Error):
     def __init__(self, reason: str, message: str | None = None) -> None:
         self.reason = reason
         super().__init__(message or REJECTIONS.get(reason, reason))
+
+    def __reduce__(self) -> tuple[type[TrialRejected], tuple[str, str]]:
+        return (type(self), (self.reason, str(self)))
 
     @classmethod
     def from_message(cls, message: str) -> TrialRejected:

@@ -1,4 +1,6 @@
-"""Streaming a study's results: lite_dist2 JSON rows, CSV, JSON lines and .npy, in grid order.
+"""Exporting a study's results in grid order: lite_dist2 JSON, CSV, JSON lines, .npy and PNG.
+
+Used by the API (streamed responses) and the command line (files).
 
 Each block of results is encoded column by column (axis values through a small table of the
 indices present, since they repeat), so a million rows never sit whole in memory and cost
@@ -14,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ld2.core import models as m
+from ld2.core import results
 from ld2.core.portable import ValueType
 from ld2.core.space import Space
-from ld2.store.base import ResultBlock
+from ld2.store.base import ResultBlock, StudyState, Table
 
 Encoder = Callable[[Any], str]
 
@@ -156,3 +160,46 @@ def chunks(parts: Iterable[str], size: int = 1 << 16) -> Iterable[bytes]:
             buf, n = [], 0
     if buf:
         yield "".join(buf).encode()
+
+
+async def selected_blocks(table: Table, state: StudyState) -> AsyncIterator[ResultBlock]:
+    """All results, or for find_exact / minimize just the row that answers the study."""
+    single = state.hit_flat if state.spec.strategy == "find_exact" else state.best_flat
+    if state.spec.strategy == "all_calculation":
+        async for block in table.iter_results(state.study_id):
+            yield block
+        return
+    if single is None:
+        return
+    async for block in table.iter_results(state.study_id):
+        if block.start <= single < block.start + block.count:
+            off = single - block.start
+            yield ResultBlock(single, block.values[off : off + 1])
+            return
+
+
+async def storage_stream(table: Table, state: StudyState) -> AsyncIterator[bytes]:
+    spec = state.spec
+    params_info, result_info = results.info_templates(spec.space, spec.value_type, state.vector_len)
+    placeholder = m.MappingsStorage.model_construct(
+        params_info=params_info, result_info=result_info, values=[["__ld2_rows__"]]
+    )
+    storage = m.StudyStorage.model_construct(
+        **{name: getattr(spec.registry, name) for name in m.StudyCommon.model_fields},
+        study_id=state.study_id,
+        registered_timestamp=state.registered_at,
+        parameter_space=state.summary().parameter_space,
+        done_timestamp=state.finished_at or state.registered_at,
+        results=placeholder,
+        done_grids=state.done,
+        trial_repository=m.TrialRepositoryModel(type="normal", save_dir=f"ld2:{state.study_id}"),
+    )
+    text = m.StudyResponse.model_construct(status="done", result=storage).model_dump_json(
+        warnings=False
+    )
+    head, tail = text.split('["__ld2_rows__"]')
+    yield head.encode()
+    encoder = RowEncoder(spec.space, spec.value_type, "portable")
+    async for part in json_rows(encoder, selected_blocks(table, state)):
+        yield part.encode()
+    yield tail.encode()

@@ -1,0 +1,1 @@
+"""Workers: the runner registry, built-in runners, and the loop that computes trials."""

@@ -1,0 +1,242 @@
+"""The worker: reserve trials, compute them in a persistent process pool, register results.
+
+Each of `processes` slots runs its own reserve → compute → register loop, so the pool stays
+busy. While a trial computes its lease is extended; a "stop" answer (solved elsewhere,
+cancelled, reissued) abandons it. Runner exceptions are reported as trial failures; Redis or
+network errors are retried with backoff; on stop (SIGTERM/SIGINT) unfinished trials are handed
+back at once without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ld2.core.errors import BackendUnavailable, NotFound, TrialRejected
+from ld2.core.study import StudySpec
+from ld2.store.base import Reservation, Table
+from ld2.worker import runners
+from ld2.worker.runners import Runner
+
+log = logging.getLogger("ld2.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerConfig:
+    capacities: Sequence[str]
+    processes: int = 1
+    max_size: int | None = None  # None: adapt so that a trial takes about `trial_seconds`
+    trial_seconds: float = 2.0
+    name: str | None = None
+    exit_when_idle: float | None = None
+    idle_wait: float = 1.0
+    heartbeat_every: float = 10.0
+    imports: Sequence[str] = ()
+
+
+@dataclass
+class WorkerStats:
+    trials: int = 0
+    points: int = 0
+    failures: int = 0
+    abandoned: int = 0
+    handed_back: int = 0
+    seconds: float = 0.0
+    sizes: list[int] = field(default_factory=list)
+
+
+def _init_child(imports: Sequence[str]) -> None:
+    runners.load(imports)
+
+
+def _compute(name: str, spec: StudySpec, start: int, count: int) -> np.ndarray:
+    """Runs in a pool process."""
+    return runners.compute(runners.REGISTRY[name], spec, start, count)
+
+
+class Worker:
+    def __init__(self, table: Table, available: dict[str, Runner], config: WorkerConfig) -> None:
+        self.table = table
+        self.runners = {name: available[name] for name in config.capacities}
+        self.config = config
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = config.name or self.id
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+        self._max_size = config.max_size or 16
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def stop(self) -> None:
+        """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
+        self._stopping.set()
+
+    # -- running ---------------------------------------------------------------------------------
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.config.processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_child,
+            initargs=(tuple(self.config.imports),),
+        )
+
+    async def run(self) -> WorkerStats:
+        self._pool = self._new_pool()
+        t0 = time.monotonic()
+        try:
+            await asyncio.gather(*(self._slot(k) for k in range(self.config.processes)))
+        finally:
+            # a computation of a handed-back trial must not outlive the worker: end the pool's
+            # processes (ProcessPoolExecutor has no public way to until Python 3.14)
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+            self.stats.seconds = time.monotonic() - t0
+        return self.stats
+
+    async def _slot(self, k: int) -> None:
+        caps = list(self.runners)
+        res: Reservation | None = None
+        idle_since = time.monotonic()
+        while not self._stopping.is_set():
+            if res is None:
+                res = await self._retry(
+                    self.table.reserve, caps, self._max_size, self.id, self.name
+                )
+                if res is None:
+                    limit = self.config.exit_when_idle
+                    if limit is not None and time.monotonic() - idle_since >= limit:
+                        return
+                    await self._sleep(self.config.idle_wait)
+                    continue
+            idle_since = time.monotonic()
+            values = await self._compute(res)
+            if values is None:
+                res = None
+                continue
+            done = res
+            try:
+                _, res = await self._retry(
+                    self.table.register_and_reserve, done, values, caps, self._max_size, self.name
+                )
+            except (TrialRejected, NotFound) as err:
+                log.warning("trial %s not registered: %s", done.trial_id, err)
+                res = None
+        if res is not None:  # reserved with the last registration, never started
+            await self._hand_back(res, "worker stopped", count=False)
+
+    async def _compute(self, res: Reservation) -> np.ndarray | None:
+        run = self._runner_for(res.spec)
+        if run is None:
+            await self._hand_back(res, "this worker has no runner for the study", count=True)
+            return None
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        future = loop.run_in_executor(
+            self._pool, _compute, run.name, res.spec, res.start, res.count
+        )
+        lease = asyncio.create_task(self._keep_lease(res))
+        stop = asyncio.create_task(self._stopping.wait())
+        waiting: set[asyncio.Future[Any]] = {future, lease, stop}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lease.cancel()
+            stop.cancel()
+        if not future.done():
+            future.cancel()
+            if self._stopping.is_set():
+                await self._hand_back(res, "worker stopped", count=False)
+                self.stats.handed_back += 1
+            else:
+                log.info("trial %s abandoned: the table answered stop", res.trial_id)
+                self.stats.abandoned += 1
+            return None
+        try:
+            values = future.result()
+        except Exception as err:  # the runner's own error: a failure of this trial
+            if isinstance(err, concurrent.futures.process.BrokenProcessPool):
+                self._pool = self._new_pool()  # a runner killed its process: start afresh
+            self.stats.failures += 1
+            log.warning("trial %s failed: %s: %s", res.trial_id, type(err).__name__, err)
+            await self._hand_back(res, f"{type(err).__name__}: {err}", count=True)
+            return None
+        elapsed = time.monotonic() - t0
+        self.stats.trials += 1
+        self.stats.points += res.count
+        self.stats.sizes.append(res.count)
+        log.info(
+            "trial %s: %d points in %.3f s (%.0f points/s)",
+            res.trial_id,
+            res.count,
+            elapsed,
+            res.count / elapsed if elapsed > 0 else float("inf"),
+        )
+        self._adapt(res.count, elapsed)
+        return values
+
+    def _runner_for(self, spec: StudySpec) -> Runner | None:
+        named = [self.runners[c] for c in spec.capacities if c in self.runners]
+        if len(named) == 1:
+            return named[0]
+        if not named and len(self.runners) == 1:
+            return next(iter(self.runners.values()))
+        return None
+
+    def _adapt(self, count: int, elapsed: float) -> None:
+        """--max-size auto: aim at `trial_seconds` a trial, changing at most 4x at a time."""
+        if self.config.max_size is not None or count < self._max_size // 2:
+            return
+        rate = count / max(elapsed, 1e-6)
+        target = int(rate * self.config.trial_seconds)
+        self._max_size = max(
+            1, min(10_000_000, max(self._max_size // 4, min(target, self._max_size * 4)))
+        )
+
+    async def _keep_lease(self, res: Reservation) -> None:
+        """Extend the lease until cancelled; return (ending the wait) on a "stop" answer."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_every)
+            answer = await self._retry(self.table.heartbeat, res.trial_id, self.id)
+            if answer == "stop":
+                return
+
+    async def _hand_back(self, res: Reservation, error: str, *, count: bool) -> None:
+        try:
+            await self.table.fail(res.trial_id, self.id, error, count_attempt=count)
+        except (TrialRejected, NotFound, BackendUnavailable) as err:
+            log.warning("could not hand trial %s back: %s", res.trial_id, err)
+
+    async def _retry(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Call `fn`, retrying unreachable-backend errors with backoff and jitter."""
+        delay = 0.2
+        while True:
+            try:
+                return await fn(*args)
+            except BackendUnavailable as err:
+                if self._stopping.is_set():
+                    raise
+                log.warning("%s; retrying in %.1f s", err, delay)
+                await self._sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 30.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return

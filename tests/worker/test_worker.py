@@ -1,0 +1,137 @@
+"""The worker loop over a real table, in-process (the pool is real)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from ld2.core import models as m
+from ld2.core.errors import InvalidInput
+from ld2.core.study import parse_study
+from ld2.worker import runners
+from ld2.worker.builtins import mandelbrot
+from ld2.worker.loop import Worker, WorkerConfig
+from tests.conftest import make_table, wire_json
+from tests.store.helpers import all_results, int_axis, registry
+
+MANDEL = m.StudyRegisterParam.model_validate(wire_json("10-study-register-mandelbrot.request.json")).study
+
+
+@pytest.fixture(params=["valkey", "http"])
+async def wtable(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    async with make_table(request, request.param, trial_timeout=5.0) as t:
+        yield t
+
+
+async def test_mandelbrot_equals_a_direct_computation(wtable) -> None:  # type: ignore[no-untyped-def]
+    sid = await wtable.register_study(MANDEL)
+    worker = Worker(wtable, runners.load(), WorkerConfig(["mandelbrot"], processes=2, max_size=7, exit_when_idle=0.3, idle_wait=0.05))
+    stats = await worker.run()
+    assert stats.points == 100 and max(stats.sizes) <= 7
+    flats, values = await all_results(wtable, sid)
+    assert flats == list(range(100))
+    space = parse_study(MANDEL).space
+    x, y = space.arrays(0, 100)
+    assert values == mandelbrot(x, y, max_iter=255, abs_threshold=2.0).tolist()
+    assert (await wtable.get_study(sid)).status == "done"
+
+
+def _square_module(tmp_path, monkeypatch, body: str) -> str:  # type: ignore[no-untyped-def]
+    """A runner module of the user's, importable under a name of its own."""
+    name = f"userrunners_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+async def test_runner_errors_become_failures_and_quarantine(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
+    mod = _square_module(tmp_path, monkeypatch, (
+        "from ld2.worker.runners import runner\n"
+        "@runner('fragile')\n"
+        "def fragile(x):\n"
+        "    if x == 3:\n"
+        "        raise ValueError('three is bad')\n"
+        "    return x * x\n"
+    ))
+    async with make_table(request, "valkey", max_attempts=2) as table:
+        sid = await table.register_study(registry([int_axis("x", 10)], capacity=["fragile"]))
+        available = runners.load([mod])
+        worker = Worker(table, available, WorkerConfig(["fragile"], max_size=2, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]))
+        stats = await worker.run()
+        assert stats.failures == 2
+        state = await table.get_study(sid)
+        assert state.status == "done" and state.failed == 2 and state.done == 8
+        (failure,) = await table.failures(sid)
+        assert "three is bad" in failure.error
+
+
+async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
+    mod = _square_module(tmp_path, monkeypatch, (
+        "from ld2.worker.runners import runner\n"
+        "@runner('halves')\n"
+        "def halves(x):\n"
+        "    return x / 2\n"
+    ))
+    async with make_table(request, "valkey", max_attempts=1) as table:
+        sid = await table.register_study(registry([int_axis("x", 4)], capacity=["halves"]))
+        worker = Worker(table, runners.load([mod]), WorkerConfig(["halves"], max_size=4, exit_when_idle=0.2, idle_wait=0.05, imports=[mod]))
+        await worker.run()
+        (failure,) = await table.failures(sid)
+        assert "expected int values" in failure.error and "halves" in failure.error
+
+
+async def test_find_exact_stop_abandons_the_trial(request) -> None:  # type: ignore[no-untyped-def]
+    async with make_table(request, "valkey", trial_timeout=5.0) as table:
+        target = runners.load()["md5-preimage"].func(4242)
+        sid = await table.register_study(
+            registry([int_axis("x", None)], strategy="find_exact", target=hex(target), capacity=["md5-preimage"])
+        )
+        worker = Worker(table, runners.load(), WorkerConfig(["md5-preimage"], processes=2, max_size=500, exit_when_idle=0.3, idle_wait=0.05))
+        await asyncio.wait_for(worker.run(), 60)
+        state = await table.get_study(sid)
+        assert state.status == "done" and state.hit_flat == 4242
+
+
+async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
+    mod = _square_module(tmp_path, monkeypatch, (
+        "import time\n"
+        "from ld2.worker.runners import runner\n"
+        "@runner('slow')\n"
+        "def slow(x):\n"
+        "    time.sleep(0.2)\n"
+        "    return x\n"
+    ))
+    async with make_table(request, "valkey", trial_timeout=30.0) as table:
+        sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
+        worker = Worker(table, runners.load([mod]), WorkerConfig(["slow"], max_size=50, imports=[mod]))
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.5)
+        worker.stop()
+        stats = await asyncio.wait_for(task, 10)
+        assert stats.handed_back == 1
+        state = await table.get_study(sid)
+        assert state.reserved == 0 and state.done == 0
+        res = await table.reserve(["slow"], 100, "other")
+        assert res is not None and res.start == 0 and res.attempt == 0
+
+
+async def test_auto_max_size_grows_toward_the_target(request) -> None:  # type: ignore[no-untyped-def]
+    async with make_table(request, "valkey") as table:
+        await table.register_study(registry([int_axis("x", 200_000)], capacity=["md5-preimage"]))
+        worker = Worker(table, runners.load(), WorkerConfig(["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2, idle_wait=0.05))
+        stats = await worker.run()
+        assert stats.sizes[0] == 16 and max(stats.sizes) > 1000
+
+
+def test_unknown_import_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="cannot import 'no_such_module_xyz'"):
+        runners.load(["no_such_module_xyz"])
+
+
+def test_scalar_and_vectorised_kernels_agree() -> None:
+    spec = parse_study(MANDEL)
+    vec = runners.compute(runners.load()["mandelbrot"], spec, 0, 100)
+    scalar = runners.compute(runners.load()["mandelbrot-scalar"], spec, 0, 100)
+    assert np.array_equal(vec, scalar)
