@@ -1,17 +1,34 @@
-"""The ``ld2`` command line: thin commands over the same core the API and workers use."""
+"""The ``ld2`` command line: thin commands over the same core the API and workers use.
+
+Connection settings come from flags or the environment (``LD2_REDIS_URL``/``REDIS_URL``,
+``LD2_API_URL``, ``LD2_API_TOKEN``); with none, commands use the embedded backend in the local
+state directory. Bad input exits with status 2 and a message naming the file and field.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
 
 from ld2 import __version__
 from ld2.config import ApiSettings, MiB, TableConfig
-from ld2.core.errors import InvalidInput
+from ld2.core.errors import BackendUnavailable, InvalidInput, LD2Error, NotFound
+from ld2.store.base import StudyState, Table
+
+T = TypeVar("T")
+console = Console()
 
 app = typer.Typer(
     name="ld2",
@@ -44,6 +61,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+ApiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api", help="An ld2 (or lite_dist2) API URL instead of Redis. Default: $LD2_API_URL."
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="Bearer token for --api (default: $LD2_API_TOKEN).", show_default=False
+    ),
+]
 RedisOpt = Annotated[
     str | None,
     typer.Option(
@@ -94,3 +123,432 @@ def api(
         table=table_config,
     )
     serve(settings, host, chosen, workers)
+
+
+# -- shared plumbing -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _table(redis: str | None, api: str | None, token: str | None) -> AsyncIterator[Table]:
+    from ld2.store.connect import open_table
+    from ld2.store.http import HttpTable
+
+    api = api or os.environ.get("LD2_API_URL")
+    table: Table
+    if api:
+        table = HttpTable(api, token=token or os.environ.get("LD2_API_TOKEN"), retries=2)
+    else:
+        table = open_table(redis)
+        await table.ping()
+    try:
+        yield table
+    finally:
+        await table.close()
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine; domain errors become one clear line and an exit status."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except InvalidInput as err:
+        raise _fail(str(err)) from None
+    except BackendUnavailable as err:
+        typer.secho(f"ld2: cannot reach the backend: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    except (NotFound, LD2Error) as err:
+        typer.secho(f"ld2: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+
+
+def _load_study(path: Path) -> Any:
+    from ld2.core.study import parse_study
+    from ld2.core.studyfile import study_from_json
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(str(path), "no such file") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    try:
+        registry = study_from_json(data)
+        parse_study(registry)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InvalidInput(f"{path}: {where}", first["msg"]) from None
+    except InvalidInput as err:
+        raise InvalidInput(f"{path}: {err.field}", err.problem) from None
+    return registry
+
+
+async def _find(table: Table, ident: str) -> StudyState:
+    """A study by id, else by name."""
+    try:
+        return await table.get_study(study_id=ident)
+    except NotFound:
+        try:
+            return await table.get_study(name=ident)
+        except NotFound:
+            raise NotFound(f"no study with id or name {ident!r}") from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+async def _wait(table: Table, sid: str, every: float = 0.5) -> StudyState:
+    state = await table.get_study(sid)
+    with _progress() as bar:
+        task = bar.add_task(state.label, total=state.total or None)
+        while True:
+            state = await table.get_study(sid)
+            bar.update(task, completed=state.done + state.failed)
+            if state.status == "done":
+                return state
+            await asyncio.sleep(every)
+
+
+# -- studies --------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    study: Annotated[Path, typer.Argument(help="A study file (lite_dist2 StudyRegistry JSON).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show a progress bar until done.")] = False,
+    priority: Annotated[int, typer.Option(help="Higher goes first (-1000…1000).")] = 0,
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Register a study; prints its id."""
+    registry = _run(_async(_load_study, study))
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            sid = await table.register_study(registry, priority=priority)
+            typer.echo(sid)
+            if wait:
+                await _wait(table, sid)
+
+    _run(go())
+
+
+async def _async(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+@app.command()
+def status(
+    study: Annotated[str | None, typer.Argument(help="A study id or name (default: all).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """A table of studies: status, done/total, velocity, ETA, workers."""
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            while True:
+                states = [await _find(table, study)] if study else await table.list_studies()
+                progress = {p.study_id: p for p in (await table.progress(60)).progress_summaries}
+                grid = RichTable(
+                    "study", "status", "done / total", "failed", "points/s", "ETA", "workers"
+                )
+                for s in states:
+                    p = progress.get(s.study_id)
+                    total = "∞" if s.total is None else f"{s.total:,}"
+                    eta = "" if p is None or p.eta == "unpredictable" else str(p.eta)[:19]
+                    grid.add_row(
+                        s.label,
+                        s.status,
+                        f"{s.done:,} / {total}",
+                        f"{s.failed:,}",
+                        "" if p is None else f"{p.grid_velocity:,.1f}",
+                        eta,
+                        "" if p is None else str(len(p.worker_efficiencies)),
+                    )
+                if watch:
+                    console.clear()
+                console.print(grid)
+                if not watch:
+                    return
+                await asyncio.sleep(1.0)
+
+    _run(go())
+
+
+@app.command()
+def result(
+    study: Annotated[str, typer.Argument(help="A study id or name.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="out.csv, .jsonl, .json, .npy or .png")
+    ],
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write a study's results in grid order (partial while it runs; json once done)."""
+    from ld2.export import write_results
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            state = await _find(table, study)
+            n = await write_results(table, state, output)
+            typer.echo(f"{n:,} points written to {output}")
+
+    _run(go())
+
+
+def _control(action: str) -> Callable[..., None]:
+    def command(
+        study: Annotated[str, typer.Argument(help="A study id or name.")],
+        redis: RedisOpt = None,
+        api: ApiOpt = None,
+        token: TokenOpt = None,
+    ) -> None:
+        async def go() -> None:
+            async with _table(redis, api, token) as table:
+                state = await _find(table, study)
+                await getattr(table, action)(state.study_id)
+                typer.echo(f"{action}: {state.label}")
+
+        _run(go())
+
+    command.__doc__ = {
+        "cancel": "Cancel an active study (its results are dropped, its name is freed).",
+        "pause": "Stop handing out trials of a study (work in flight may finish).",
+        "resume": "Hand out trials of a paused study again.",
+    }[action]
+    return command
+
+
+for _action in ("cancel", "pause", "resume"):
+    app.command(_action)(_control(_action))
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def _runners(imports: list[str], capacities: list[str]) -> tuple[dict[str, Any], list[str]]:
+    from ld2.worker import runners
+
+    available = runners.load(imports)
+    chosen = capacities or sorted(available)
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        known = ", ".join(sorted(available))
+        raise InvalidInput("--capacity", f"unknown capacity {unknown[0]!r}; known: {known}")
+    return available, chosen
+
+
+def _max_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInput(
+            "--max-size", f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+    if value < 1:
+        raise InvalidInput("--max-size", f"must be at least 1, got {value}")
+    return value
+
+
+async def _work(table: Table, available: dict[str, Any], config: Any) -> Any:
+    """Run a worker until idle or signalled; SIGTERM/SIGINT hand the trials in hand back."""
+    import signal
+
+    from ld2.worker.loop import Worker
+
+    worker = Worker(table, available, config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        return await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+@app.command()
+def worker(
+    capacity: Annotated[
+        list[str] | None,
+        typer.Option("--capacity", help="A runner to serve (repeatable; default: all loaded)."),
+    ] = None,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="A module that registers runners (repeatable)."),
+    ] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Compute processes (default: CPU count).")
+    ] = os.cpu_count() or 1,
+    max_size: Annotated[str, typer.Option(help="Points a trial, or 'auto'.")] = "auto",
+    trial_seconds: Annotated[float, typer.Option(help="With --max-size auto: aim at this.")] = 2.0,
+    name: Annotated[str | None, typer.Option(help="Worker name shown in progress.")] = None,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without work.")
+    ] = None,
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Reserve trials the loaded runners cover, compute them, register the results."""
+    from ld2.worker.loop import WorkerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    imports = import_ or []
+    try:
+        available, chosen = _runners(imports, capacity or [])
+        size = _max_size(max_size)
+    except InvalidInput as err:
+        raise _fail(str(err)) from None
+    config = WorkerConfig(
+        chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
+        exit_when_idle=exit_when_idle, imports=imports,
+    )  # fmt: skip
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            stats = await _work(table, available, config)
+            typer.echo(
+                f"{stats.trials} trials, {stats.points:,} points in {stats.seconds:.1f} s; "
+                f"{stats.failures} failed, {stats.handed_back} handed back"
+            )
+
+    _run(go())
+
+
+@app.command()
+def reaper(
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 5.0,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    redis: RedisOpt = None,
+) -> None:
+    """Hand back expired leases (any number of copies may run; reserve also reaps)."""
+    from ld2.store.files import reap_periodically
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def go() -> None:
+        async with _table(redis, None, None) as table:
+            if once:
+                typer.echo(f"{await table.reap()} expired trial(s) handed back")
+                return
+            await reap_periodically(table, interval)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+snapshot_app = typer.Typer(help="Save or load the whole curriculum (JSON).", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@snapshot_app.command("save")
+def snapshot_save(
+    path: Path, redis: RedisOpt = None, api: ApiOpt = None, token: TokenOpt = None
+) -> None:
+    """Write every study, its state and results to PATH."""
+    from ld2.store.files import save_snapshot
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            typer.echo(f"{await save_snapshot(table, path)} studies saved to {path}")
+
+    _run(go())
+
+
+@snapshot_app.command("load")
+def snapshot_load(
+    path: Path, redis: RedisOpt = None, api: ApiOpt = None, token: TokenOpt = None
+) -> None:
+    """Load an ld2 snapshot or a lite_dist2 0.6.7 curriculum.json."""
+    from ld2.store.files import load_snapshot
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            ids = await load_snapshot(table, path)
+            typer.echo(f"{len(ids)} studies loaded from {path}")
+
+    _run(go())
+
+
+EXAMPLES = {"mandelbrot": "mandelbrot.json", "md5": "md5.json"}
+
+
+@app.command()
+def new(kind: Annotated[str, typer.Argument(help="mandelbrot or md5")]) -> None:
+    """Print a ready study file: ``ld2 new mandelbrot > study.json``."""
+    from importlib import resources
+
+    if kind not in EXAMPLES:
+        raise _fail(f"unknown example {kind!r}; choose one of {', '.join(EXAMPLES)}")
+    typer.echo(resources.files("ld2").joinpath("examples", EXAMPLES[kind]).read_text(), nl=False)
+
+
+@app.command()
+def run(
+    study: Annotated[Path, typer.Argument(help="A study file.")],
+    workers: Annotated[
+        int, typer.Option("-w", "--workers", min=1, help="Compute processes.")
+    ] = os.cpu_count() or 1,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-o", "--output", help="Result files (default: NAME.csv, and NAME.png for a 2-D study)."
+        ),
+    ] = None,
+    import_: Annotated[list[str] | None, typer.Option("--import", help="Runner modules.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Embedded backend's directory.")] = None,
+) -> None:
+    """One machine, one command: embedded backend, local workers, a progress bar, results."""
+    from ld2.export import write_results
+    from ld2.store.connect import open_table
+    from ld2.worker.loop import WorkerConfig
+
+    registry = _run(_async(_load_study, study))
+    imports = import_ or []
+    try:
+        available, chosen = _runners(imports, [])
+    except InvalidInput as err:
+        raise _fail(str(err)) from None
+    name = registry.name or study.stem
+
+    async def go() -> None:
+        table = open_table(None, state_dir=state_dir)
+        try:
+            try:
+                state = await table.get_study(name=name)
+                console.print(f"resuming {name} ({state.done:,} points done)")
+            except NotFound:
+                state = await table.get_study(await table.register_study(registry))
+            config = WorkerConfig(chosen, processes=workers, max_size=None, trial_seconds=0.5,
+                                  exit_when_idle=0.5, idle_wait=0.05, imports=imports)  # fmt: skip
+            work = asyncio.create_task(_work(table, available, config))
+            waiting = asyncio.create_task(_wait(table, state.study_id, every=0.2))
+            await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            await work
+            state = await table.get_study(state.study_id)
+            outs = output or [Path(f"{name}.csv")]
+            if not output and state.spec.space.dim == 2 and not state.spec.vector and state.total:
+                outs.append(Path(f"{name}.png"))
+            for out in outs:
+                n = await write_results(table, state, out)
+                console.print(f"{n:,} points written to {out}")
+        finally:
+            await table.close()
+
+    _run(go())

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ld2.core import models as m
 from ld2.core import results
+from ld2.core.errors import InvalidInput
 from ld2.core.portable import ValueType
 from ld2.core.space import Space
 from ld2.store.base import ResultBlock, StudyState, Table
@@ -203,3 +206,96 @@ async def storage_stream(table: Table, state: StudyState) -> AsyncIterator[bytes
     async for part in json_rows(encoder, selected_blocks(table, state)):
         yield part.encode()
     yield tail.encode()
+
+
+# -- files (the command line's `ld2 result -o …`) ------------------------------
+
+FORMATS = ("csv", "jsonl", "json", "npy", "png")
+
+
+async def write_results(table: Table, state: StudyState, path: Path) -> int:
+    """Write the study's registered results to `path`, the format taken from its suffix.
+
+    Returns the number of points written. ``json`` is lite_dist2's ``GET /study`` answer (done
+    studies only); ``png`` is a heat map of a 2-D study (axis 0 down, axis 1 across).
+    """
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise InvalidInput(str(path), f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    spec = state.spec
+    written = 0
+    if fmt == "png":
+        return await _write_png(table, state, path)
+    if fmt == "json" and state.status != "done":
+        raise InvalidInput(
+            str(path), "the study is not done yet: use csv, jsonl or npy for partial results"
+        )
+    with open(path, "wb") as out:
+        if fmt == "json":
+            async for part in storage_stream(table, state):
+                out.write(part)
+            return state.done
+        if fmt == "npy":
+            dtype = npy_dtype(
+                spec.space, spec.value_type, state.vector_len or (0 if spec.vector else None)
+            )
+            out.write(npy_header(dtype, state.done))
+            async for block in table.iter_results(state.study_id):
+                if written >= state.done:
+                    break
+                out.write(npy_records(spec.space, dtype, block, state.done - written))
+                written += min(block.count, state.done - written)
+            return written
+        encoder = RowEncoder(spec.space, spec.value_type, fmt)
+        if fmt == "csv":
+            out.write(csv_header(spec.space, state.vector_len if spec.vector else None).encode())
+        async for block in table.iter_results(state.study_id):
+            for chunk in chunks(encoder.rows(block)):
+                out.write(chunk)
+            written += block.count
+    return written
+
+
+_STOPS = np.array(  # dark blue → teal → yellow → white
+    [[13, 8, 135], [33, 145, 140], [253, 231, 37], [255, 255, 255]], dtype=np.float64
+)
+
+
+async def _write_png(table: Table, state: StudyState, path: Path) -> int:
+    space = state.spec.space
+    if space.dim != 2 or space.total is None or state.spec.vector:
+        raise InvalidInput(str(path), "a PNG needs a finite 2-D study with scalar results")
+    rows, cols = int(space.sizes[0] or 0), int(space.sizes[1] or 0)
+    grid = np.full(rows * cols, np.nan)
+    written = 0
+    async for block in table.iter_results(state.study_id):
+        grid[block.start : block.start + block.count] = block.values.astype(np.float64)
+        written += block.count
+    finite = np.isfinite(grid)
+    lo, hi = (np.min(grid[finite]), np.max(grid[finite])) if finite.any() else (0.0, 1.0)
+    t = np.where(finite, (grid - lo) / (hi - lo if hi > lo else 1.0), 0.0) * (len(_STOPS) - 1)
+    k = np.minimum(t.astype(np.int64), len(_STOPS) - 2)
+    frac = (t - k)[:, None]
+    rgb = _STOPS[k] * (1 - frac) + _STOPS[k + 1] * frac
+    rgb[~finite] = 0
+    pixels = rgb.astype(np.uint8).reshape(rows, cols, 3)
+    path.write_bytes(png_bytes(pixels))
+    return written
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A truecolour PNG of an ``(h, w, 3)`` uint8 array (no dependency beyond zlib)."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
