@@ -129,7 +129,9 @@ def api(
 
 
 @contextlib.asynccontextmanager
-async def _table(redis: str | None, api: str | None, token: str | None) -> AsyncIterator[Table]:
+async def _table(
+    redis: str | None, api: str | None, token: str | None, **kwargs: Any
+) -> AsyncIterator[Table]:
     from ld2.store.connect import open_table
     from ld2.store.http import HttpTable
 
@@ -138,7 +140,7 @@ async def _table(redis: str | None, api: str | None, token: str | None) -> Async
     if api:
         table = HttpTable(api, token=token or os.environ.get("LD2_API_TOKEN"), retries=2)
     else:
-        table = open_table(redis)
+        table = open_table(redis, **kwargs)
         await table.ping()
     try:
         yield table
@@ -224,6 +226,9 @@ def submit(
     study: Annotated[Path, typer.Argument(help="A study file (lite_dist2 StudyRegistry JSON).")],
     wait: Annotated[bool, typer.Option("--wait", help="Show a progress bar until done.")] = False,
     priority: Annotated[int, typer.Option(help="Higher goes first (-1000…1000).")] = 0,
+    trial_timeout: Annotated[
+        float, typer.Option(help="Lease length in seconds (direct Redis; the API uses its own).")
+    ] = 600.0,
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -232,7 +237,7 @@ def submit(
     registry = _run(_async(_load_study, study))
 
     async def go() -> None:
-        async with _table(redis, api, token) as table:
+        async with _table(redis, api, token, trial_timeout=trial_timeout) as table:
             sid = await table.register_study(registry, priority=priority)
             typer.echo(sid)
             if wait:

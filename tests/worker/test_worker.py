@@ -16,7 +16,9 @@ from ld2.worker.loop import Worker, WorkerConfig
 from tests.conftest import make_table, wire_json
 from tests.store.helpers import all_results, int_axis, registry
 
-MANDEL = m.StudyRegisterParam.model_validate(wire_json("10-study-register-mandelbrot.request.json")).study
+MANDEL = m.StudyRegisterParam.model_validate(
+    wire_json("10-study-register-mandelbrot.request.json")
+).study
 
 
 @pytest.fixture(params=["valkey", "http"])
@@ -27,7 +29,11 @@ async def wtable(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
 
 async def test_mandelbrot_equals_a_direct_computation(wtable) -> None:  # type: ignore[no-untyped-def]
     sid = await wtable.register_study(MANDEL)
-    worker = Worker(wtable, runners.load(), WorkerConfig(["mandelbrot"], processes=2, max_size=7, exit_when_idle=0.3, idle_wait=0.05))
+    worker = Worker(
+        wtable,
+        runners.load(),
+        WorkerConfig(["mandelbrot"], processes=2, max_size=7, exit_when_idle=0.3, idle_wait=0.05),
+    )
     stats = await worker.run()
     assert stats.points == 100 and max(stats.sizes) <= 7
     flats, values = await all_results(wtable, sid)
@@ -47,18 +53,28 @@ def _square_module(tmp_path, monkeypatch, body: str) -> str:  # type: ignore[no-
 
 
 async def test_runner_errors_become_failures_and_quarantine(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
-    mod = _square_module(tmp_path, monkeypatch, (
-        "from ld2.worker.runners import runner\n"
-        "@runner('fragile')\n"
-        "def fragile(x):\n"
-        "    if x == 3:\n"
-        "        raise ValueError('three is bad')\n"
-        "    return x * x\n"
-    ))
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "from ld2.worker.runners import runner\n"
+            "@runner('fragile')\n"
+            "def fragile(x):\n"
+            "    if x == 3:\n"
+            "        raise ValueError('three is bad')\n"
+            "    return x * x\n"
+        ),
+    )
     async with make_table(request, "valkey", max_attempts=2) as table:
         sid = await table.register_study(registry([int_axis("x", 10)], capacity=["fragile"]))
         available = runners.load([mod])
-        worker = Worker(table, available, WorkerConfig(["fragile"], max_size=2, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]))
+        worker = Worker(
+            table,
+            available,
+            WorkerConfig(
+                ["fragile"], max_size=2, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]
+            ),
+        )
         stats = await worker.run()
         assert stats.failures == 2
         state = await table.get_study(sid)
@@ -68,15 +84,23 @@ async def test_runner_errors_become_failures_and_quarantine(tmp_path, monkeypatc
 
 
 async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
-    mod = _square_module(tmp_path, monkeypatch, (
-        "from ld2.worker.runners import runner\n"
-        "@runner('halves')\n"
-        "def halves(x):\n"
-        "    return x / 2\n"
-    ))
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "from ld2.worker.runners import runner\n"
+            "@runner('halves')\n"
+            "def halves(x):\n"
+            "    return x / 2\n"
+        ),
+    )
     async with make_table(request, "valkey", max_attempts=1) as table:
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["halves"]))
-        worker = Worker(table, runners.load([mod]), WorkerConfig(["halves"], max_size=4, exit_when_idle=0.2, idle_wait=0.05, imports=[mod]))
+        worker = Worker(
+            table,
+            runners.load([mod]),
+            WorkerConfig(["halves"], max_size=4, exit_when_idle=0.2, idle_wait=0.05, imports=[mod]),
+        )
         await worker.run()
         (failure,) = await table.failures(sid)
         assert "expected int values" in failure.error and "halves" in failure.error
@@ -86,26 +110,43 @@ async def test_find_exact_stop_abandons_the_trial(request) -> None:  # type: ign
     async with make_table(request, "valkey", trial_timeout=5.0) as table:
         target = runners.load()["md5-preimage"].func(4242)
         sid = await table.register_study(
-            registry([int_axis("x", None)], strategy="find_exact", target=hex(target), capacity=["md5-preimage"])
+            registry(
+                [int_axis("x", None)],
+                strategy="find_exact",
+                target=hex(target),
+                capacity=["md5-preimage"],
+            )
         )
-        worker = Worker(table, runners.load(), WorkerConfig(["md5-preimage"], processes=2, max_size=500, exit_when_idle=0.3, idle_wait=0.05))
+        worker = Worker(
+            table,
+            runners.load(),
+            WorkerConfig(
+                ["md5-preimage"], processes=2, max_size=500, exit_when_idle=0.3, idle_wait=0.05
+            ),
+        )
         await asyncio.wait_for(worker.run(), 60)
         state = await table.get_study(sid)
         assert state.status == "done" and state.hit_flat == 4242
 
 
 async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
-    mod = _square_module(tmp_path, monkeypatch, (
-        "import time\n"
-        "from ld2.worker.runners import runner\n"
-        "@runner('slow')\n"
-        "def slow(x):\n"
-        "    time.sleep(0.2)\n"
-        "    return x\n"
-    ))
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "import time\n"
+            "from ld2.worker.runners import runner\n"
+            "@runner('slow')\n"
+            "def slow(x):\n"
+            "    time.sleep(0.2)\n"
+            "    return x\n"
+        ),
+    )
     async with make_table(request, "valkey", trial_timeout=30.0) as table:
         sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
-        worker = Worker(table, runners.load([mod]), WorkerConfig(["slow"], max_size=50, imports=[mod]))
+        worker = Worker(
+            table, runners.load([mod]), WorkerConfig(["slow"], max_size=50, imports=[mod])
+        )
         task = asyncio.create_task(worker.run())
         await asyncio.sleep(0.5)
         worker.stop()
@@ -120,7 +161,11 @@ async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None
 async def test_auto_max_size_grows_toward_the_target(request) -> None:  # type: ignore[no-untyped-def]
     async with make_table(request, "valkey") as table:
         await table.register_study(registry([int_axis("x", 200_000)], capacity=["md5-preimage"]))
-        worker = Worker(table, runners.load(), WorkerConfig(["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2, idle_wait=0.05))
+        worker = Worker(
+            table,
+            runners.load(),
+            WorkerConfig(["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2, idle_wait=0.05),
+        )
         stats = await worker.run()
         assert stats.sizes[0] == 16 and max(stats.sizes) > 1000
 
