@@ -102,7 +102,9 @@ def api(
         ),
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 64,
-    prefix: Annotated[str, typer.Option(help="Redis key prefix.")] = "ld2",
+    prefix: Annotated[
+        str | None, typer.Option(help="Redis key prefix (default: $LD2_PREFIX, else ld2).")
+    ] = None,
 ) -> None:
     """Serve the HTTP API (lite_dist2's endpoints and ld2's extras; docs at /docs)."""
     from ld2.api.server import serve
@@ -119,7 +121,7 @@ def api(
         redis_url=redis or redis_url_from_env(),
         token=token or os.environ.get("LD2_API_TOKEN") or None,
         max_body_bytes=int(max_body_mb * MiB),
-        prefix=prefix,
+        prefix=prefix or os.environ.get("LD2_PREFIX") or "ld2",
         table=table_config,
     )
     serve(settings, host, chosen, workers)
@@ -405,6 +407,7 @@ def worker(
     exit_when_idle: Annotated[
         float | None, typer.Option(help="Exit after this many seconds without work.")
     ] = None,
+    idle_wait: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -421,7 +424,7 @@ def worker(
         raise _fail(str(err)) from None
     config = WorkerConfig(
         chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
-        exit_when_idle=exit_when_idle, imports=imports,
+        exit_when_idle=exit_when_idle, idle_wait=idle_wait, imports=imports,
     )  # fmt: skip
 
     async def go() -> None:

@@ -33,7 +33,11 @@ class EmbeddedTable(RedisTable):
 def open_table(
     url: str | None = None, *, state_dir: Path | None = None, **kwargs: Any
 ) -> RedisTable:
-    """A table on `url` (``redis://``, ``rediss://``, ``unix://``), or on the embedded backend."""
+    """A table on `url` (``redis://``, ``rediss://``, ``unix://``), or on the embedded backend.
+
+    The key prefix is `prefix`, else ``$LD2_PREFIX``, else ``ld2``.
+    """
+    kwargs.setdefault("prefix", os.environ.get("LD2_PREFIX") or "ld2")
     url = url or redis_url_from_env()
     if url is None:
         return EmbeddedTable(EmbeddedServer(state_dir), **kwargs)

@@ -305,3 +305,32 @@ def test_sigterm_hands_back_and_kill_9_is_reaped(
     assert out.returncode == 0
     rows = list(csv.reader((tmp_path / "slow.csv").open()))[1:]
     assert [int(r[1]) for r in rows] == [x * x for x in range(60)]
+
+
+def test_examples_are_packaged_as_is() -> None:
+    for name in ("mandelbrot.json", "md5.json"):
+        assert (EXAMPLES / name).read_text() == (ROOT / "ld2" / "examples" / name).read_text()
+
+
+def test_custom_runner_example_and_controls(tmp_path: Path) -> None:
+    env = {"LD2_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(EXAMPLES / "custom")}
+    out = ld2("run", str(EXAMPLES / "custom" / "rosenbrock.json"), "--import", "rosenbrock", "-w", "1", "-o", str(tmp_path / "r.jsonl"), env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["result"])
+    assert (round(best["x"], 6), round(best["y"], 6), best["result"]) == (1.0, 1.0, 0.0)
+    assert len(rows) == 201 * 201
+    snap = ld2("snapshot", "save", str(tmp_path / "snap.json"), env=env)
+    assert snap.returncode == 0 and "1 studies saved" in snap.stdout
+    env2 = {"LD2_STATE_DIR": str(tmp_path / "other")}
+    assert "1 studies loaded" in ld2("snapshot", "load", str(tmp_path / "snap.json"), env=env2).stdout
+    status = ld2("status", "rosenbrock", env=env2)
+    assert "done" in status.stdout and "40,401 / 40,401" in status.stdout
+    sub = ld2("submit", str(_small_mandelbrot(tmp_path, "ctl")), env=env2)
+    assert sub.returncode == 0
+    assert ld2("pause", "ctl", env=env2).stdout.strip() == "pause: ctl"
+    assert "paused" in ld2("status", "ctl", env=env2).stdout
+    assert ld2("resume", "ctl", env=env2).returncode == 0
+    assert ld2("cancel", "ctl", env=env2).returncode == 0
+    gone = ld2("status", "ctl", env=env2)
+    assert gone.returncode == 1 and "no study with id or name 'ctl'" in gone.stderr

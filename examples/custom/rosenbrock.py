@@ -1,0 +1,13 @@
+"""A user's runner: the Rosenbrock function, vectorised, with its constants from the study.
+
+    ld2 run examples/custom/rosenbrock.json --import rosenbrock   (with examples/custom on PYTHONPATH)
+"""
+
+import numpy as np
+
+from ld2.worker.runners import runner
+
+
+@runner("rosenbrock", vectorized=True)
+def rosenbrock(x: np.ndarray, y: np.ndarray, a: float = 1.0, b: float = 100.0) -> np.ndarray:
+    return (a - x) ** 2 + b * (y - x * x) ** 2
