@@ -27,7 +27,7 @@ from ld2.store.redis import RedisTable
 from ld2.worker import runners
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import private_redis  # noqa: E402
+from common import private_redis
 
 CHUNK = 16_384
 
@@ -39,14 +39,32 @@ def _registry(n: int, name: str, capacity: str) -> m.StudyRegistry:
             "name": name,
             "required_capacity": [capacity],
             "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
-            "suggest_strategy": {"type": "sequential", "suggest_strategy_param": {"strict_aligned": True}},
+            "suggest_strategy": {
+                "type": "sequential",
+                "suggest_strategy_param": {"strict_aligned": True},
+            },
             "const_param": {"consts": [{"type": "int", "key": "max_iter", "value": "0xff"}]},
             "result_type": "scalar",
             "result_value_type": "int",
-            "parameter_space": {"type": "aligned", "axes": [
-                {"name": "y", "type": "float", "size": hex(n), "step": step, "start": (-1.5).hex()},
-                {"name": "x", "type": "float", "size": hex(n), "step": step, "start": (-2.0).hex()},
-            ]},
+            "parameter_space": {
+                "type": "aligned",
+                "axes": [
+                    {
+                        "name": "y",
+                        "type": "float",
+                        "size": hex(n),
+                        "step": step,
+                        "start": (-1.5).hex(),
+                    },
+                    {
+                        "name": "x",
+                        "type": "float",
+                        "size": hex(n),
+                        "step": step,
+                        "start": (-2.0).hex(),
+                    },
+                ],
+            },
         }
     )
 
@@ -109,9 +127,11 @@ async def main() -> None:
             base = pool_baseline(spec, capacity)
             warm = await ld2_workers(url, reg, capacity, warm=True)
             cold = await ld2_workers(url, reg, capacity, warm=False)
-            print(f"{capacity:18s} {n}x{n}: Pool(2) {base:6.2f} s; ld2, 2 workers already polling "
-                  f"{warm:6.2f} s (ratio {warm / base:.2f}; goal ≤ 1.15); "
-                  f"including worker start-up {cold:6.2f} s ({cold / base:.2f})")
+            print(
+                f"{capacity:18s} {n}x{n}: Pool(2) {base:6.2f} s; ld2, 2 workers already polling "
+                f"{warm:6.2f} s (ratio {warm / base:.2f}; goal ≤ 1.15); "
+                f"including worker start-up {cold:6.2f} s ({cold / base:.2f})"
+            )
 
 
 if __name__ == "__main__":

@@ -314,7 +314,18 @@ def test_examples_are_packaged_as_is() -> None:
 
 def test_custom_runner_example_and_controls(tmp_path: Path) -> None:
     env = {"LD2_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(EXAMPLES / "custom")}
-    out = ld2("run", str(EXAMPLES / "custom" / "rosenbrock.json"), "--import", "rosenbrock", "-w", "1", "-o", str(tmp_path / "r.jsonl"), env=env, cwd=tmp_path)
+    out = ld2(
+        "run",
+        str(EXAMPLES / "custom" / "rosenbrock.json"),
+        "--import",
+        "rosenbrock",
+        "-w",
+        "1",
+        "-o",
+        str(tmp_path / "r.jsonl"),
+        env=env,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     best = min(rows, key=lambda r: r["result"])
@@ -323,7 +334,9 @@ def test_custom_runner_example_and_controls(tmp_path: Path) -> None:
     snap = ld2("snapshot", "save", str(tmp_path / "snap.json"), env=env)
     assert snap.returncode == 0 and "1 studies saved" in snap.stdout
     env2 = {"LD2_STATE_DIR": str(tmp_path / "other")}
-    assert "1 studies loaded" in ld2("snapshot", "load", str(tmp_path / "snap.json"), env=env2).stdout
+    assert (
+        "1 studies loaded" in ld2("snapshot", "load", str(tmp_path / "snap.json"), env=env2).stdout
+    )
     status = ld2("status", "rosenbrock", env=env2)
     assert "done" in status.stdout and "40,401 / 40,401" in status.stdout
     sub = ld2("submit", str(_small_mandelbrot(tmp_path, "ctl")), env=env2)

@@ -180,3 +180,18 @@ def test_scalar_and_vectorised_kernels_agree() -> None:
     vec = runners.compute(runners.load()["mandelbrot"], spec, 0, 100)
     scalar = runners.compute(runners.load()["mandelbrot-scalar"], spec, 0, 100)
     assert np.array_equal(vec, scalar)
+
+
+def test_entry_point_runners_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = []
+
+    class EntryPoint:
+        def load(self) -> None:
+            runners.runner("from-plugin")(lambda x: x)
+            loaded.append(True)
+
+    monkeypatch.setattr(
+        runners, "entry_points", lambda group: [EntryPoint()] if group == "ld2.runners" else []
+    )
+    assert "from-plugin" in runners.load() and loaded == [True]
+    runners.REGISTRY.pop("from-plugin")
