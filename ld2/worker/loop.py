@@ -209,9 +209,13 @@ class Worker:
         )
 
     async def _keep_lease(self, res: Reservation) -> None:
-        """Extend the lease until cancelled; return (ending the wait) on a "stop" answer."""
+        """Extend the lease until cancelled; return (ending the wait) on a "stop" answer.
+
+        Heartbeats come every `heartbeat_every` seconds, or a third of the lease if shorter."""
+        lease = (res.deadline - res.reserved_at).total_seconds()
+        every = min(self.config.heartbeat_every, max(0.2, lease / 3))
         while True:
-            await asyncio.sleep(self.config.heartbeat_every)
+            await asyncio.sleep(every)
             answer = await self._retry(self.table.heartbeat, res.trial_id, self.id)
             if answer == "stop":
                 return
