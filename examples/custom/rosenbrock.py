@@ -5,9 +5,9 @@ ld2 run examples/custom/rosenbrock.json --import rosenbrock   (with examples/cus
 
 import numpy as np
 
-from ld2.worker.runners import runner
+import ld2
 
 
-@runner("rosenbrock", vectorized=True)
+@ld2.runner("rosenbrock", vectorized=True)
 def rosenbrock(x: np.ndarray, y: np.ndarray, a: float = 1.0, b: float = 100.0) -> np.ndarray:
     return (a - x) ** 2 + b * (y - x * x) ** 2
