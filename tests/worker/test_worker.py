@@ -198,14 +198,22 @@ def test_entry_point_runners_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 async def test_short_leases_are_kept_alive_by_heartbeats(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
-    mod = _square_module(tmp_path, monkeypatch, (
-        "import time\nfrom ld2.worker.runners import runner\n"
-        "@runner('sleepy')\n"
-        "def sleepy(x):\n    time.sleep(0.3)\n    return x\n"
-    ))
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "import time\nfrom ld2.worker.runners import runner\n"
+            "@runner('sleepy')\n"
+            "def sleepy(x):\n    time.sleep(0.3)\n    return x\n"
+        ),
+    )
     async with make_table(request, "valkey", trial_timeout=0.6) as table:
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["sleepy"]))
-        worker = Worker(table, runners.load([mod]), WorkerConfig(["sleepy"], max_size=4, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]))
+        worker = Worker(
+            table,
+            runners.load([mod]),
+            WorkerConfig(["sleepy"], max_size=4, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]),
+        )
         stats = await worker.run()  # one trial of 1.2 s under a 0.6 s lease
         assert stats.trials == 1 and stats.abandoned == 0
         state = await table.get_study(sid)
