@@ -519,6 +519,10 @@ def run(
         ),
     ] = None,
     import_: Annotated[list[str] | None, typer.Option("--import", help="Runner modules.")] = None,
+    capacity: Annotated[
+        str | None,
+        typer.Option(help="The runner, when the study's required_capacity names none."),
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Embedded backend's directory.")] = None,
 ) -> None:
     """One machine, one command: embedded backend, local workers, a progress bar, results."""
@@ -529,9 +533,17 @@ def run(
     registry = _run(_async(_load_study, study))
     imports = import_ or []
     try:
-        available, chosen = _runners(imports, [])
+        available, _ = _runners(imports, [capacity] if capacity else [])
     except InvalidInput as err:
         raise _fail(str(err)) from None
+    named = [c for c in registry.required_capacity if c in available]
+    chosen = [capacity] if capacity else named[:1]
+    if not chosen:
+        known = ", ".join(sorted(available))
+        raise _fail(
+            f"{study}: required_capacity names no known runner; add one ({known}) "
+            "or pass --capacity"
+        )
     name = registry.name or study.stem
 
     async def go() -> None:

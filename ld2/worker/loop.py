@@ -123,11 +123,11 @@ class Worker:
                         return
                     await self._sleep(self.config.idle_wait)
                     continue
-            idle_since = time.monotonic()
             values = await self._compute(res)
             if values is None:
                 res = None
                 continue
+            idle_since = time.monotonic()  # only work done counts against --exit-when-idle
             done = res
             try:
                 _, res = await self._retry(
@@ -141,8 +141,15 @@ class Worker:
 
     async def _compute(self, res: Reservation) -> np.ndarray | None:
         run = self._runner_for(res.spec)
-        if run is None:
-            await self._hand_back(res, "this worker has no runner for the study", count=True)
+        if run is None:  # a study naming no runner, and this worker serves several
+            log.warning(
+                "study %s names no runner in required_capacity and this worker serves %s: "
+                "handing its trial back (serve exactly one --capacity for such studies)",
+                res.spec.name or res.study_id,
+                ", ".join(self.runners),
+            )
+            await self._hand_back(res, "no runner chosen for the study", count=False)
+            await self._sleep(self.config.idle_wait)
             return None
         assert self._pool is not None
         loop = asyncio.get_running_loop()

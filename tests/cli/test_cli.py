@@ -347,3 +347,16 @@ def test_custom_runner_example_and_controls(tmp_path: Path) -> None:
     assert ld2("cancel", "ctl", env=env2).returncode == 0
     gone = ld2("status", "ctl", env=env2)
     assert gone.returncode == 1 and "no study with id or name 'ctl'" in gone.stderr
+
+
+def test_run_needs_a_runner_for_a_lite_dist2_study(tmp_path: Path) -> None:
+    wire = ROOT.parent / "shared" / "wire" / "10-study-register-mandelbrot.request.json"
+    env = {"LD2_STATE_DIR": str(tmp_path / "state")}
+    out = ld2("run", str(wire), env=env, cwd=tmp_path)
+    assert (
+        out.returncode == 2 and "names no known runner" in out.stderr and "mandelbrot" in out.stderr
+    )
+    out = ld2("run", str(wire), "--capacity", "mandelbrot", "-w", "1", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.reader((tmp_path / "mandelbrot.csv").open()))
+    assert len(rows) == 101 and rows[0] == ["x", "y", "result"]

@@ -218,3 +218,26 @@ async def test_short_leases_are_kept_alive_by_heartbeats(tmp_path, monkeypatch, 
         assert stats.trials == 1 and stats.abandoned == 0
         state = await table.get_study(sid)
         assert state.done == 4 and state.status == "done"
+
+
+async def test_a_study_naming_no_runner_is_handed_back_not_failed(request) -> None:  # type: ignore[no-untyped-def]
+    async with make_table(request, "valkey") as table:
+        sid = await table.register_study(registry([int_axis("x", 4)]))
+        worker = Worker(
+            table,
+            runners.load(),
+            WorkerConfig(
+                ["mandelbrot", "md5-preimage"], max_size=4, exit_when_idle=0.3, idle_wait=0.05
+            ),
+        )
+        stats = await asyncio.wait_for(worker.run(), 20)
+        assert stats.trials == 0
+        state = await table.get_study(sid)
+        assert state.failed == 0 and state.reserved == 0 and state.status == "running"
+        one = Worker(
+            table,
+            runners.load(),
+            WorkerConfig(["md5-preimage"], max_size=4, exit_when_idle=0.3, idle_wait=0.05),
+        )
+        await one.run()
+        assert (await table.get_study(sid)).status == "done"
