@@ -112,15 +112,15 @@ class Worker:
         caps = list(self.runners)
         res: Reservation | None = None
         idle_since = time.monotonic()
+        limit = self.config.exit_when_idle
         while not self._stopping.is_set():
+            if limit is not None and time.monotonic() - idle_since >= limit:
+                break
             if res is None:
                 res = await self._retry(
                     self.table.reserve, caps, self._max_size, self.id, self.name
                 )
                 if res is None:
-                    limit = self.config.exit_when_idle
-                    if limit is not None and time.monotonic() - idle_since >= limit:
-                        return
                     await self._sleep(self.config.idle_wait)
                     continue
             values = await self._compute(res)
