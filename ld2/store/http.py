@@ -36,6 +36,7 @@ from ld2.store.base import (
     TrialRef,
 )
 from ld2.store.lite_dist2_import import registry_of
+from ld2.store.wire_client import LeanClient
 
 
 class HttpTable(Table):
@@ -61,26 +62,40 @@ class HttpTable(Table):
         )
         self.retries = retries
         self.backoff = backoff
+        self._lean: LeanClient | None = None
+        if transport is None and self.url.startswith("http://"):
+            self._lean = LeanClient(
+                self.url, {k: v for k, v in headers.items() if k != "content-type"}, timeout
+            )
         self.lease = timedelta(seconds=lease_seconds)
         self._specs: dict[str, StudySpec] = {}
         self._has_cycle = True
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self._lean is not None:
+            await self._lean.close()
 
     # -- transport --------------------------------------
-    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One call, retried on connection errors and 5xx with backoff and jitter."""
+    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+        """One call, retried on connection errors and 5xx with backoff and jitter.
+
+        Plain-http JSON POSTs (the worker's hot path) go through the lean client."""
+        lean = self._lean if method == "POST" and "json" in kw and not kw.get("params") else None
+        body = json.dumps(kw["json"], separators=(",", ":")).encode() if lean else b""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                resp = await self.client.request(method, path, **kw)
-            except httpx.TransportError as err:
+                if lean is not None:
+                    resp: Any = await lean.post(path, body)
+                else:
+                    resp = await self.client.request(method, path, **kw)
+            except (httpx.TransportError, OSError, TimeoutError) as err:
                 if attempt == self.retries:
                     raise BackendUnavailable(f"ld2 API at {self.url}: {err!r}") from err
             else:
                 if resp.status_code < 500 or attempt == self.retries:
-                    return _raise_for(resp)
+                    return _raise_for(resp, path)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
@@ -190,7 +205,7 @@ class HttpTable(Table):
         return await self._reservation(resp, worker_id, worker_name)
 
     async def _reservation(
-        self, resp: httpx.Response, worker_id: str, worker_name: str | None
+        self, resp: Any, worker_id: str, worker_name: str | None
     ) -> Reservation | None:
         trial = m.TrialReserveResponse.model_validate_json(resp.content).trial
         if resp.status_code == 202 or trial is None:
@@ -295,7 +310,7 @@ class HttpTable(Table):
         async with self.client.stream("GET", "/study/results", params=params) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
-                _raise_for(resp)
+                _raise_for(resp, "/study/results")
             async for line in resp.aiter_lines():
                 if not line:
                     continue
@@ -329,16 +344,16 @@ class _NoSuchEndpoint(NotFound):
     """A 404 for the path itself (an older or lite_dist2 server), not for a study."""
 
 
-def _raise_for(resp: httpx.Response) -> httpx.Response:
+def _raise_for(resp: Any, path: str) -> Any:
     if resp.status_code < 400:
         return resp
     try:
         detail = resp.json().get("detail")
     except ValueError:
-        detail = resp.text[:200]
+        detail = resp.content[:200].decode(errors="replace")
     if resp.status_code == 404:
         if detail == "Not Found":
-            raise _NoSuchEndpoint(f"{resp.request.url.path} is not served here")
+            raise _NoSuchEndpoint(f"{path} is not served here")
         raise NotFound(str(detail))
     if resp.status_code == 409:
         raise TrialRejected.from_message(str(detail))
@@ -348,7 +363,7 @@ def _raise_for(resp: httpx.Response) -> httpx.Response:
                 f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
             )
         raise InvalidInput("", f"HTTP {resp.status_code}: {detail}")
-    raise BackendUnavailable(f"ld2 API at {resp.request.url}: HTTP {resp.status_code}: {detail}")
+    raise BackendUnavailable(f"ld2 API at {path}: HTTP {resp.status_code}: {detail}")
 
 
 def _unquote(v: Any, value_type: str) -> Any:

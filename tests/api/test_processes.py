@@ -132,3 +132,22 @@ def test_schema_fuzz_never_answers_5xx(redis_url: str) -> None:
             check()
         assert failures == []
         assert sum(statuses.values()) >= 100 and any(code < 300 for code in statuses), statuses
+
+
+async def test_lean_client_keeps_one_connection_and_reconnects(redis_url: str) -> None:
+    from ld2.store.wire_client import LeanClient
+
+    with api_process(redis_url, "--prefix", "lean") as url:
+        client = LeanClient(url, {}, timeout=10)
+        body = json.dumps({"retaining_capacity": [], "max_size": 1, "worker_node_id": "w"}).encode()
+        first = await client.post("/trial/reserve", body)
+        assert first.status_code == 202 and first.json() == {"trial": None}
+        conn = client._conn
+        assert (await client.post("/trial/reserve", body)).status_code == 202
+        assert client._conn is conn  # kept alive
+        assert client._conn is not None
+        client._conn[1].close()  # the server side of a kept-alive connection went away
+        assert (await client.post("/trial/reserve", body)).status_code == 202
+        bad = await client.post("/trial/reserve", b"{nope")
+        assert bad.status_code == 422 and bad.json()["detail"][0]["type"] == "json_invalid"
+        await client.close()
