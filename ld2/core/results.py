@@ -29,6 +29,9 @@ _INT_KINDS = (  # narrowest first: mandelbrot's counts ≤ 255 take one byte a p
     (b"i", np.int32),
     (b"q", np.int64),
 )
+_INT_BOUNDS = tuple(
+    (code, dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for code, dt in _INT_KINDS
+)
 _DTYPES = {b"?": np.dtype("?"), b"d": np.dtype("<f8")} | {
     k: np.dtype(t).newbyteorder("<") for k, t in _INT_KINDS
 }
@@ -125,9 +128,8 @@ def pack(values: np.ndarray) -> bytes:
     if kind in "iu":
         lo = int(values.min()) if values.size else 0
         hi = int(values.max()) if values.size else 0
-        for code, dt in _INT_KINDS:
-            info = np.iinfo(dt)
-            if info.min <= lo and hi <= info.max:
+        for code, dt, low, high in _INT_BOUNDS:
+            if low <= lo and hi <= high:
                 return (
                     _HEADER.pack(code, 0, rows, cols)
                     + values.astype(np.dtype(dt).newbyteorder("<")).tobytes()

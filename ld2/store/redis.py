@@ -83,7 +83,11 @@ def _s(value: bytes | str | None) -> str | None:
 
 def _clean(text: str | None) -> str:
     """Worker ids and names are stored tab-separated: keep them one clean field each."""
-    return (text or "").replace("\t", " ").replace("\n", " ")
+    if not text:
+        return ""
+    if "\t" in text or "\n" in text:
+        return text.replace("\t", " ").replace("\n", " ")
+    return text
 
 
 def study_id_of(trial_id: str) -> str:

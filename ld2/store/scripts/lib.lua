@@ -34,9 +34,14 @@ local function xor(a, b)
   return out
 end
 
+local cached_now = nil -- one clock reading per script call (register + reserve share it)
+
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if cached_now == nil then
+    local t = redis.call('TIME')
+    cached_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return cached_now
 end
 
 local function split(s, sep)
