@@ -35,7 +35,7 @@ from ld2.store.base import (
     Table,
     TrialRef,
 )
-from ld2.store.lite_dist2_import import registry_of
+from ld2.store.lite_dist2_import import registry_of, result_blocks
 from ld2.store.wire_client import LeanClient
 
 
@@ -127,8 +127,6 @@ class HttpTable(Table):
         params = {k: v for k, v in (("study_id", study_id), ("name", name)) if v is not None}
         try:
             data = await self._json("GET", "/study/info", params=params)
-        except NotFound:
-            raise
         except _NoSuchEndpoint:
             for s in await self._summaries():
                 if s.study_id == study_id or (name is not None and s.name == name):
@@ -310,7 +308,12 @@ class HttpTable(Table):
         async with self.client.stream("GET", "/study/results", params=params) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
-                _raise_for(resp, "/study/results")
+                try:
+                    _raise_for(resp, "/study/results")
+                except _NoSuchEndpoint:  # lite_dist2: results only once done, via GET /study
+                    for block in await self._finished_results(spec, study_id):
+                        yield block
+                    return
             async for line in resp.aiter_lines():
                 if not line:
                     continue
@@ -325,6 +328,17 @@ class HttpTable(Table):
                 prev = flat
         if run:
             yield _block(spec, run_start, run)
+
+    async def _finished_results(self, spec: StudySpec, study_id: str) -> list[ResultBlock]:
+        resp = await self._request("GET", "/study", params={"study_id": study_id})
+        if resp.status_code == 202:
+            return []  # lite_dist2 shows no partial results
+        storage = m.StudyResponse.model_validate_json(resp.content).result
+        if storage is None:
+            return []
+        return [
+            ResultBlock(start, values) for start, values in result_blocks(spec, storage.results)
+        ]
 
     async def failures(self, study_id: str) -> list[Failure]:
         data = await self._json("GET", "/study/failures", params={"study_id": study_id})
