@@ -175,14 +175,31 @@ class RedisTable(Table):
             )
         if not -1000 <= priority <= 1000:
             raise InvalidInput("priority", "must be between -1000 and 1000")
+        sid, seq = await self._new_study_id(spec)
+        fields = self._study_fields(spec, sid, seq, priority)
+        flat_args = [x for kv in fields.items() for x in kv]
+        await self._call("create", self.study_keys(sid)[:1], flat_args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
+            pipe.zadd(self._g("studies"), {sid: seq})
+            await pipe.execute()
+        self._specs[sid] = spec
+        self._index_at = -1e9
+        return sid
+
+    async def _new_study_id(self, spec: StudySpec) -> tuple[str, int]:
+        """A fresh study id (its name claimed) and its registration sequence number."""
         sid = str(uuid.uuid4())
         if spec.name is not None:
             await self._claim_name(spec.name, sid)
-        seq = int(await self.client.incr(self._g("seq")))
+        return sid, int(await self.client.incr(self._g("seq")))
+
+    def _study_fields(self, spec: StudySpec, sid: str, seq: int, priority: int) -> dict[str, str]:
+        """The study hash of a newly registered study (see docs/store.md)."""
         space = spec.space
         seed = uuid.UUID(sid).int & 0xFFFFFFFF
         keys27 = [k % (1 << 27) for k in Permutation(2**54, seed).keys]
-        fields: dict[str, str] = {
+        return {
             "id": sid,
             "spec": spec.registry.model_dump_json(),
             "status": "wait",
@@ -205,15 +222,6 @@ class RedisTable(Table):
             "priority": str(priority),
             "seq": str(seq),
         }
-        flat_args = [x for kv in fields.items() for x in kv]
-        await self._call("create", self.study_keys(sid)[:1], flat_args)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
-            pipe.zadd(self._g("studies"), {sid: seq})
-            await pipe.execute()
-        self._specs[sid] = spec
-        self._index_at = -1e9
-        return sid
 
     async def _claim_name(self, name: str, sid: str) -> None:
         names = self._g("names")
@@ -767,34 +775,12 @@ class RedisTable(Table):
         hit_flat: int | None,
     ) -> str:
         """A finished study with its results, as imported from lite_dist2 (no script: it is new)."""
-        sid = str(uuid.uuid4())
-        if spec.name is not None:
-            await self._claim_name(spec.name, sid)
-        seq = int(await self.client.incr(self._g("seq")))
+        sid, seq = await self._new_study_id(spec)
         keys = self.study_keys(sid)
-        done = sum(len(v) for _, v in blocks)
-        h = {
-            "id": sid,
-            "spec": spec.registry.model_dump_json(),
+        h = self._study_fields(spec, sid, seq, 0) | {
             "status": "done",
-            "total": str(-1 if spec.total is None else spec.total),
-            "cursor": "0",
-            "done": str(done),
-            "failed": "0",
-            "reserved": "0",
+            "done": str(sum(len(v) for _, v in blocks)),
             "tseq": str(len(blocks)),
-            "sizes": "",
-            "strides": "",
-            "jagged": "0",
-            "order": "seq",
-            "r_n": "0",
-            "r_keys": "",
-            "timeout_ms": str(self.trial_timeout_ms),
-            "max_attempts": str(self.max_attempts),
-            "strategy": spec.strategy,
-            "vlen": "0",
-            "priority": "0",
-            "seq": str(seq),
             "registered_ms": str(registered_ms),
             "started_ms": str(registered_ms),
             "finished_ms": str(finished_ms),
