@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,10 +25,11 @@ class Api:
 
 
 @pytest.fixture
-async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
     kw: dict[str, Any] = getattr(request, "param", {})
     async with make_table(request, REAL_BACKENDS[0], **kw.get("table", {})) as table:
-        app = create_app(table, **kw.get("app", {}))
+        app_kw = {"curriculum_path": tmp_path / "curriculum.json", **kw.get("app", {})}
+        app = create_app(table, **app_kw)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://ld2.test") as http:
             yield Api(http, table)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +27,13 @@ def api_process(
     cmd = [sys.executable, "-m", "ld2", "api", "--port", str(port), *args]
     if redis_url:
         cmd += ["--redis", redis_url]
+    workdir = tempfile.mkdtemp(prefix="ld2-api-")  # /save writes curriculum.json there
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
