@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ld2.core import models as m
 from tests.api.conftest import Api
@@ -94,7 +95,10 @@ class Replay:
                     and isinstance(v, str)
                     and isinstance(ours.get(k), str)
                 ):
-                    self.ids.setdefault(v, ours[k])
+                    if k == "trial_id":  # lite_dist2 reuses trial ids: the newest one is meant
+                        self.ids[v] = ours[k]
+                    else:
+                        self.ids.setdefault(v, ours[k])
                 elif k in ours:
                     self.learn(v, ours[k])
 
@@ -151,7 +155,10 @@ class Replay:
         from ld2.core.subspace import trial_range
         from ld2.store.base import TrialRef
 
-        spec = (await self.api.table.get_study(sid)).spec
+        state = await self.api.table.get_study(sid)
+        if state.status == "done":
+            return
+        spec = state.spec
         for tid, trial in list(self.held.items()):
             if trial.study_id == sid:  # what lite_dist2's Worker registered off the record
                 start, count = trial_range(spec.space, trial.parameter_space)
@@ -164,10 +171,17 @@ class Replay:
             await self.api.table.register(res, await self.values(sid, res.start, res.count))
 
 
-async def test_replay_main_session(api: Api) -> None:
+async def _replay(
+    api: Api, entries: list[dict[str, Any]], sleeps: dict[str, float] | None = None
+) -> int:
+    """Send `entries` in order; returns how many answers were compared with lite_dist2's."""
+    import asyncio
+
     replay = Replay(api)
     checked = 0
-    for entry in wire_json("_index-main.json"):
+    for entry in entries:
+        if sleeps and entry["file_prefix"] in sleeps:
+            await asyncio.sleep(sleeps[entry["file_prefix"]])
         prefix = entry["file_prefix"]
         expected = BETTER.get(prefix, (entry["status"], ""))[0]
         body: Any = None
@@ -229,8 +243,29 @@ async def test_replay_main_session(api: Api) -> None:
             ):
                 _same_shape(ours, theirs, prefix)
             checked += 1
+    return checked
+
+
+async def test_replay_main_session(api: Api) -> None:
+    checked = await _replay(api, wire_json("_index-main.json"))
     assert checked > 50
     # the studies ended as lite_dist2's did, or better
     assert (await api.table.get_study(name="mandelbrot")).done == 100
     assert (await api.table.get_study(name="md5-finite")).hit_flat == 777
     assert (await api.table.get_study(name="md5-infinite")).hit_flat == 300
+
+
+@pytest.mark.parametrize("api", [{"table": {"trial_timeout": 1.0}}], indirect=True)
+async def test_replay_expired_trial_in_the_middle(api: Api) -> None:
+    """T00–T13: trial b expires and is reissued (as lite_dist2 does); b's late result is refused;
+    unlike lite_dist2 (ids reused, 15 values for 20 points), ld2 ends with all 20 values."""
+    entries = [e for e in wire_json("_index-timeout.json") if e["file_prefix"] < "T20"]
+    assert await _replay(api, entries, sleeps={"T06-status-after-expiry": 1.3}) >= 10
+    state = await api.table.get_study(name="timeout-middle")
+    assert state.status == "done" and state.done == 20
+    flats = [
+        f
+        async for b in api.table.iter_results(state.study_id)
+        for f in range(b.start, b.start + b.count)
+    ]
+    assert flats == list(range(20))
