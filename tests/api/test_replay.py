@@ -269,3 +269,25 @@ async def test_replay_expired_trial_in_the_middle(api: Api) -> None:
         for f in range(b.start, b.start + b.count)
     ]
     assert flats == list(range(20))
+
+
+async def test_replay_restart_from_the_saved_curriculum(api: Api) -> None:
+    """R01–R04: lite_dist2 restarted from its curriculum.json; ld2 loads that file instead, and
+    also serves the finished jagged study again (lite_dist2 answered 500)."""
+    loaded = await api.http.post("/snapshot", json=wire_json("99d-curriculum.snapshot-final.json"))
+    assert loaded.status_code == 200 and len(loaded.json()) >= 4
+    better = {"R04-study-get-jagged-after-restart": 200}
+    for entry in wire_json("_index-restart.json"):
+        body = wire_json(entry["request_file"]) if entry.get("request_file") else None
+        resp = await api.http.request(
+            entry["method"], entry["path"], json=body, params=entry.get("query")
+        )
+        assert resp.status_code == better.get(entry["file_prefix"], entry["status"]), entry[
+            "file_prefix"
+        ]
+        theirs_file = entry.get("response_file", "")
+        if theirs_file.endswith(".json"):
+            _same_shape(resp.json(), wire_json(theirs_file), entry["file_prefix"])
+    jagged = (await api.http.get("/study", params={"name": "jagged-vector"})).json()
+    theirs = wire_json("59e-study-get-jagged-done.response.json")["result"]["results"]["values"]
+    assert sorted(map(tuple, jagged["result"]["results"]["values"])) == sorted(map(tuple, theirs))
