@@ -166,7 +166,7 @@ def test_end_to_end_with_two_workers(
                 "--max-size",
                 "97",
                 "--exit-when-idle",
-                "2",
+                "8",  # started before the study is submitted
                 env=env,
             )
             for _ in range(2)
