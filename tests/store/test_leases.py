@@ -117,12 +117,12 @@ async def test_wrong_worker_and_wrong_range(table) -> None:  # type: ignore[no-u
 
 
 async def test_heartbeat_keeps_a_long_trial(request: pytest.FixtureRequest, backend: str) -> None:
-    async with make_table(request, backend, trial_timeout=TIMEOUT) as table:
+    async with make_table(request, backend, trial_timeout=1.0) as table:
         await table.register_study(registry([int_axis("x", 10)]))
         long = await table.reserve([], 5, "long")
         assert long is not None
-        for _ in range(4):
-            await asyncio.sleep(TIMEOUT / 2)
+        for _ in range(4):  # 1.2 s in all, under a 1 s lease
+            await asyncio.sleep(0.3)
             assert await table.heartbeat(long.trial_id, "long") == "ok"
         assert await table.reap() == 0
         other = await table.reserve([], 5, "other")

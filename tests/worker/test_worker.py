@@ -148,7 +148,9 @@ async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None
             table, runners.load([mod]), WorkerConfig(["slow"], max_size=50, imports=[mod])
         )
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(0.5)
+        while (await table.get_study(sid)).reserved == 0:  # mid-trial, however slow the start
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
         worker.stop()
         stats = await asyncio.wait_for(task, 10)
         assert stats.handed_back == 1
