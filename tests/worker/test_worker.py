@@ -106,7 +106,7 @@ async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, reque
         assert "expected int values" in failure.error and "halves" in failure.error
 
 
-async def test_find_exact_stop_abandons_the_trial(request) -> None:  # type: ignore[no-untyped-def]
+async def test_find_exact_over_an_infinite_axis_finds_the_hit(request) -> None:  # type: ignore[no-untyped-def]
     async with make_table(request, "valkey", trial_timeout=5.0) as table:
         target = runners.load()["md5-preimage"].func(4242)
         sid = await table.register_study(
@@ -243,3 +243,43 @@ async def test_a_study_naming_no_runner_is_handed_back_not_failed(request) -> No
         )
         await one.run()
         assert (await table.get_study(sid)).status == "done"
+
+
+async def test_a_stop_answer_abandons_the_trial_at_once(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "import time\nfrom ld2.worker.runners import runner\n"
+            "@runner('slow-tail', vectorized=True)\n"
+            "def slow_tail(x):\n"
+            "    if x.min() >= 100:\n"
+            "        time.sleep(5)\n"
+            "    return x * x\n"
+        ),
+    )
+    async with make_table(request, "valkey", trial_timeout=0.9) as table:
+        await table.register_study(
+            registry(
+                [int_axis("x", None)],
+                strategy="find_exact",
+                target=hex(50 * 50),
+                capacity=["slow-tail"],
+            )
+        )
+        worker = Worker(
+            table,
+            runners.load([mod]),
+            WorkerConfig(
+                ["slow-tail"],
+                processes=2,
+                max_size=100,
+                exit_when_idle=0.3,
+                idle_wait=0.05,
+                imports=[mod],
+            ),
+        )
+        t0 = asyncio.get_running_loop().time()
+        stats = await asyncio.wait_for(worker.run(), 30)
+        assert stats.abandoned >= 1  # the slow trial after the hit, dropped on "stop"
+        assert asyncio.get_running_loop().time() - t0 < 4.5  # well before its 5 s computation
