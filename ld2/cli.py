@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table as RichTable
 
 from ld2 import __version__
-from ld2.config import ApiSettings, MiB, TableConfig
+from ld2.config import ApiSettings, MiB, TableConfig, read_json_file
 from ld2.core.errors import BackendUnavailable, InvalidInput, LD2Error, NotFound
 from ld2.store.base import StudyState, Table
 
@@ -111,10 +110,8 @@ def api(
     from ld2.store.connect import redis_url_from_env
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+    with _user_errors():
         table_config = TableConfig.load(config) if config else TableConfig()
-    except InvalidInput as err:
-        raise _fail(str(err)) from None
     env_port = os.environ.get("PORT")
     chosen = port if port is not None else int(env_port) if env_port else table_config.port
     settings = ApiSettings(
@@ -150,10 +147,11 @@ async def _table(
         await table.close()
 
 
-def _run(coro: Awaitable[T]) -> T:
-    """Run a command's coroutine; domain errors become one clear line and an exit status."""
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Domain errors become one clear line and an exit status (2: bad input), no traceback."""
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        yield
     except InvalidInput as err:
         raise _fail(str(err)) from None
     except BackendUnavailable as err:
@@ -164,16 +162,17 @@ def _run(coro: Awaitable[T]) -> T:
         raise typer.Exit(1) from None
 
 
+def _run(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine under `_user_errors`."""
+    with _user_errors():
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
 def _load_study(path: Path) -> Any:
     from ld2.core.study import parse_study
     from ld2.core.studyfile import study_from_json
 
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInput(str(path), "no such file") from None
-    except json.JSONDecodeError as err:
-        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = read_json_file(path)
     try:
         registry = study_from_json(data)
         parse_study(registry)
@@ -236,7 +235,8 @@ def submit(
     token: TokenOpt = None,
 ) -> None:
     """Register a study; prints its id."""
-    registry = _run(_async(_load_study, study))
+    with _user_errors():
+        registry = _load_study(study)
 
     async def go() -> None:
         async with _table(redis, api, token, trial_timeout=trial_timeout) as table:
@@ -246,10 +246,6 @@ def submit(
                 await _wait(table, sid)
 
     _run(go())
-
-
-async def _async(fn: Callable[..., T], *args: Any) -> T:
-    return fn(*args)
 
 
 @app.command()
@@ -417,11 +413,9 @@ def worker(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     imports = import_ or []
-    try:
+    with _user_errors():
         available, chosen = _runners(imports, capacity or [])
         size = _max_size(max_size)
-    except InvalidInput as err:
-        raise _fail(str(err)) from None
     config = WorkerConfig(
         chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
         exit_when_idle=exit_when_idle, idle_wait=idle_wait, imports=imports,
@@ -530,12 +524,11 @@ def run(
     from ld2.store.connect import open_table
     from ld2.worker.loop import WorkerConfig
 
-    registry = _run(_async(_load_study, study))
+    with _user_errors():
+        registry = _load_study(study)
     imports = import_ or []
-    try:
+    with _user_errors():
         available, _ = _runners(imports, [capacity] if capacity else [])
-    except InvalidInput as err:
-        raise _fail(str(err)) from None
     named = [c for c in registry.required_capacity if c in available]
     chosen = [capacity] if capacity else named[:1]
     if not chosen:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ld2.core.errors import InvalidInput
 
 MiB = 1024 * 1024
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content; a missing or malformed file is InvalidInput naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidInput(str(path), "no such file") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
 class TableConfig(BaseModel):
@@ -25,14 +36,7 @@ class TableConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> TableConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InvalidInput(str(path), "no such file") from None
-        except json.JSONDecodeError as err:
-            raise InvalidInput(
-                str(path), f"not valid JSON ({err.msg}, line {err.lineno})"
-            ) from None
+        data = read_json_file(path)
         try:
             return cls.model_validate(data)
         except ValidationError as err:

@@ -216,44 +216,48 @@ FORMATS = ("csv", "jsonl", "json", "npy", "png")
 async def write_results(table: Table, state: StudyState, path: Path) -> int:
     """Write the study's registered results to `path`, the format taken from its suffix.
 
-    Returns the number of points written. ``json`` is lite_dist2's ``GET /study`` answer (done
-    studies only); ``png`` is a heat map of a 2-D study (axis 0 down, axis 1 across).
+    Returns the number of points registered when `state` was read. ``json`` is lite_dist2's
+    ``GET /study`` answer (done studies only); ``png`` is a heat map of a 2-D study (axis 0
+    down, axis 1 across).
     """
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise InvalidInput(str(path), f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    spec = state.spec
-    written = 0
     if fmt == "png":
         return await _write_png(table, state, path)
     if fmt == "json" and state.status != "done":
         raise InvalidInput(
             str(path), "the study is not done yet: use csv, jsonl or npy for partial results"
         )
+    parts = storage_stream(table, state) if fmt == "json" else results_stream(table, state, fmt)
     with open(path, "wb") as out:
-        if fmt == "json":
-            async for part in storage_stream(table, state):
-                out.write(part)
-            return state.done
-        if fmt == "npy":
-            dtype = npy_dtype(
-                spec.space, spec.value_type, state.vector_len or (0 if spec.vector else None)
-            )
-            out.write(npy_header(dtype, state.done))
-            async for block in table.iter_results(state.study_id):
-                if written >= state.done:
-                    break
-                out.write(npy_records(spec.space, dtype, block, state.done - written))
-                written += min(block.count, state.done - written)
-            return written
-        encoder = RowEncoder(spec.space, spec.value_type, fmt)
-        if fmt == "csv":
-            out.write(csv_header(spec.space, state.vector_len if spec.vector else None).encode())
+        async for part in parts:
+            out.write(part)
+    return state.done
+
+
+async def results_stream(table: Table, state: StudyState, fmt: str) -> AsyncIterator[bytes]:
+    """csv, jsonl or npy bytes of the registered results in grid order (partial while running;
+    npy holds exactly the points registered when `state` was read)."""
+    spec = state.spec
+    if fmt == "npy":
+        dtype = npy_dtype(
+            spec.space, spec.value_type, state.vector_len or (0 if spec.vector else None)
+        )
+        left = state.done
+        yield npy_header(dtype, left)
         async for block in table.iter_results(state.study_id):
-            for chunk in chunks(encoder.rows(block)):
-                out.write(chunk)
-            written += block.count
-    return written
+            if left <= 0:
+                break
+            yield npy_records(spec.space, dtype, block, left)
+            left -= block.count
+        return
+    encoder = RowEncoder(spec.space, spec.value_type, fmt)
+    if fmt == "csv":
+        yield csv_header(spec.space, state.vector_len if spec.vector else None).encode()
+    async for block in table.iter_results(state.study_id):
+        for chunk in chunks(encoder.rows(block)):
+            yield chunk
 
 
 _STOPS = np.array(  # dark blue → teal → yellow → white

@@ -112,5 +112,4 @@ def test_index_of_tolerates_a_few_ulps_only() -> None:
     assert axis.index_of(-2.4) is None  # off the grid, below start
     assert Axis("int", 1, 3, 5).index_of(7) == 2
     assert Axis("int", 1, 3, 5).index_of(8) is None
-    vec = axis.indices_of(np.array([-2.0, float.fromhex("0x1.999999999999bp+0"), 5.0, math.nan]))
-    assert vec.tolist() == [0, 9, -1, -1]
+    assert axis.index_of(math.nan) is None and axis.index_of(5.0) is None

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,8 +57,8 @@ class StudyInfo(BaseModel):
     failed_grids: int
     reserved_grids: int
     priority: int
-    started_timestamp: Any = None
-    finished_timestamp: Any = None
+    started_timestamp: datetime | None = None
+    finished_timestamp: datetime | None = None
     hit_flat_index: int | None = None
     best_flat_index: int | None = None
     vector_length: int | None = None
@@ -338,35 +339,13 @@ async def _find(table: Table, study_id: str | None, name: str | None) -> StudySt
 
 
 def _results_response(table: Table, state: StudyState, fmt: str) -> Response:
-    spec = state.spec
     fname = f"{state.label}.{fmt}"
     headers = {"content-disposition": f'attachment; filename="{fname}"'}
-    if fmt == "npy":
-        dtype = encode.npy_dtype(spec.space, spec.value_type, state.vector_len)
-        if spec.vector and state.vector_len is None:
-            dtype = encode.npy_dtype(spec.space, spec.value_type, 0)
-
-        async def npy() -> AsyncIterator[bytes]:
-            left = state.done
-            yield encode.npy_header(dtype, left)
-            async for block in table.iter_results(state.study_id):
-                if left <= 0:
-                    break
-                yield encode.npy_records(spec.space, dtype, block, left)
-                left -= block.count
-
-        return StreamingResponse(npy(), media_type="application/octet-stream", headers=headers)
-    encoder = encode.RowEncoder(spec.space, spec.value_type, fmt)
-
-    async def text() -> AsyncIterator[bytes]:
-        if fmt == "csv":
-            yield encode.csv_header(spec.space, state.vector_len if spec.vector else None).encode()
-        async for block in table.iter_results(state.study_id):
-            for chunk in encode.chunks(encoder.rows(block)):
-                yield chunk
-
-    media = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    return StreamingResponse(text(), media_type=media, headers=headers)
+    media = {"csv": "text/csv", "jsonl": "application/x-ndjson"}.get(
+        fmt, "application/octet-stream"
+    )
+    stream = encode.results_stream(table, state, fmt)
+    return StreamingResponse(stream, media_type=media, headers=headers)
 
 
 def _errors(app: FastAPI) -> None:

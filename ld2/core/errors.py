@@ -26,11 +26,7 @@ class InvalidInput(LD2Error, ValueError):
         """The same error, with its field placed under `prefix` (``study`` + ``name``)."""
         if not prefix:
             return self
-        field = (
-            f"{prefix}.{self.field}"
-            if self.field and not self.field.startswith("[")
-            else (f"{prefix}{self.field}")
-        )
+        field = f"{prefix}.{self.field}" if self.field else prefix
         return InvalidInput(field, self.problem)
 
 

@@ -100,8 +100,3 @@ def decode(value: object, value_type: ValueType, field: str = "") -> Scalar:
 def check(value: object, value_type: ValueType, field: str = "") -> None:
     """Raise InvalidInput unless `value` is a valid portable `value_type`."""
     decode(value, value_type, field)
-
-
-def same_value(a: Scalar, b: Scalar) -> bool:
-    """Equality of values, not of spellings: 0x0A == 0xa, -0.0 == 0.0; NaN equals nothing."""
-    return a == b

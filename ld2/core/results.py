@@ -35,8 +35,6 @@ _INT_BOUNDS = tuple(
 _DTYPES = {b"?": np.dtype("?"), b"d": np.dtype("<f8")} | {
     k: np.dtype(t).newbyteorder("<") for k, t in _INT_KINDS
 }
-_KIND_TYPE: dict[bytes, ValueType] = {b"?": "bool", b"d": "float", b"O": "int"}
-_KIND_TYPE.update((k, "int") for k, _ in _INT_KINDS)
 
 
 def coerce(
@@ -156,12 +154,6 @@ def unpack(data: bytes) -> np.ndarray:
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
     return arr
-
-
-def packed_type(data: bytes) -> tuple[ValueType, int, int]:
-    """``(value type, rows, columns)`` of a packed block without unpacking it."""
-    code, _, rows, cols = _HEADER.unpack_from(data)
-    return _KIND_TYPE[code], rows, cols
 
 
 # -- lite_dist2 mappings ---------------------------------------------------------------------------

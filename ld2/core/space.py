@@ -117,27 +117,6 @@ class Axis:
             return None
         return i
 
-    def indices_of(self, values: np.ndarray) -> np.ndarray:
-        """Vectorised `index_of`: int64 indices, -1 where a value is not on the grid."""
-        n = len(values)
-        if self.kind == "float" and values.dtype == np.float64:
-            start, step = float(self.start), float(self.step)
-            with np.errstate(invalid="ignore", over="ignore"):
-                idx = np.rint((values - start) / step)
-                grid = start + idx * step
-                tol = 8 * np.spacing(np.abs(start) + np.abs(idx * step))
-                ok = np.isfinite(values) & (np.abs(grid - values) <= tol) & (idx >= 0)
-            if self.size is not None:
-                ok &= idx < self.size
-            out = np.where(ok, idx, -1)
-            return out.astype(np.int64)
-        out = np.full(n, -1, dtype=np.int64)
-        for k, v in enumerate(values.tolist()):
-            i = self.index_of(v)
-            if i is not None:
-                out[k] = i
-        return out
-
 
 @dataclass(frozen=True)
 class Space:
@@ -247,12 +226,3 @@ class Space:
             axis.values(idx)
             for axis, idx in zip(self.axes, self.axis_indices(start, count), strict=True)
         ]
-
-    def flats_of_indices(self, indices: Sequence[np.ndarray]) -> np.ndarray:
-        """Flat indices (int64, or object when huge) from per-axis index arrays."""
-        flat: np.ndarray | int = 0
-        big = self.total is None or self.total >= _SAFE
-        for idx, stride in zip(indices, self.strides, strict=True):
-            term = idx.astype(object) * stride if big else idx.astype(np.int64) * stride
-            flat = flat + term
-        return np.asarray(flat)

@@ -8,8 +8,8 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from ld2.config import read_json_file
 from ld2.core.errors import InvalidInput
 from ld2.store.base import Table
 
@@ -39,10 +39,7 @@ async def save_snapshot(table: Table, path: Path) -> int:
 
 async def load_snapshot(table: Table, path: Path) -> list[str]:
     """Load an ld2 snapshot or a lite_dist2 ``curriculum.json``; returns the new study ids."""
-    try:
-        data: Any = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise InvalidInput(str(path), "a snapshot is a JSON object")
     return await table.import_snapshot(data)

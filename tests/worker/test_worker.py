@@ -29,11 +29,7 @@ async def wtable(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
 
 async def test_mandelbrot_equals_a_direct_computation(wtable) -> None:  # type: ignore[no-untyped-def]
     sid = await wtable.register_study(MANDEL)
-    worker = Worker(
-        wtable,
-        runners.load(),
-        WorkerConfig(["mandelbrot"], processes=2, max_size=7, exit_when_idle=0.3, idle_wait=0.05),
-    )
+    worker = _worker(wtable, ["mandelbrot"], processes=2, max_size=7)
     stats = await worker.run()
     assert stats.points == 100 and max(stats.sizes) <= 7
     flats, values = await all_results(wtable, sid)
@@ -42,6 +38,14 @@ async def test_mandelbrot_equals_a_direct_computation(wtable) -> None:  # type: 
     x, y = space.arrays(0, 100)
     assert values == mandelbrot(x, y, max_iter=255, abs_threshold=2.0).tolist()
     assert (await wtable.get_study(sid)).status == "done"
+
+
+def _worker(table, capacities: list[str], *, mod: str | None = None, **settings: object) -> Worker:  # type: ignore[no-untyped-def]
+    """A worker over `table`, quick to call idle (what most of these tests want)."""
+    imports = [mod] if mod else []
+    defaults: dict[str, object] = {"exit_when_idle": 0.3, "idle_wait": 0.05}
+    config = WorkerConfig(capacities, imports=imports, **(defaults | settings))  # type: ignore[arg-type]
+    return Worker(table, runners.load(imports), config)
 
 
 def _square_module(tmp_path, monkeypatch, body: str) -> str:  # type: ignore[no-untyped-def]
@@ -67,14 +71,7 @@ async def test_runner_errors_become_failures_and_quarantine(tmp_path, monkeypatc
     )
     async with make_table(request, "valkey", max_attempts=2) as table:
         sid = await table.register_study(registry([int_axis("x", 10)], capacity=["fragile"]))
-        available = runners.load([mod])
-        worker = Worker(
-            table,
-            available,
-            WorkerConfig(
-                ["fragile"], max_size=2, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]
-            ),
-        )
+        worker = _worker(table, ["fragile"], mod=mod, max_size=2)
         stats = await worker.run()
         assert stats.failures == 2
         state = await table.get_study(sid)
@@ -96,11 +93,7 @@ async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, reque
     )
     async with make_table(request, "valkey", max_attempts=1) as table:
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["halves"]))
-        worker = Worker(
-            table,
-            runners.load([mod]),
-            WorkerConfig(["halves"], max_size=4, exit_when_idle=0.2, idle_wait=0.05, imports=[mod]),
-        )
+        worker = _worker(table, ["halves"], mod=mod, max_size=4, exit_when_idle=0.2)
         await worker.run()
         (failure,) = await table.failures(sid)
         assert "expected int values" in failure.error and "halves" in failure.error
@@ -117,13 +110,7 @@ async def test_find_exact_over_an_infinite_axis_finds_the_hit(request) -> None: 
                 capacity=["md5-preimage"],
             )
         )
-        worker = Worker(
-            table,
-            runners.load(),
-            WorkerConfig(
-                ["md5-preimage"], processes=2, max_size=500, exit_when_idle=0.3, idle_wait=0.05
-            ),
-        )
+        worker = _worker(table, ["md5-preimage"], processes=2, max_size=500)
         await asyncio.wait_for(worker.run(), 60)
         state = await table.get_study(sid)
         assert state.status == "done" and state.hit_flat == 4242
@@ -144,9 +131,7 @@ async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None
     )
     async with make_table(request, "valkey", trial_timeout=30.0) as table:
         sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
-        worker = Worker(
-            table, runners.load([mod]), WorkerConfig(["slow"], max_size=50, imports=[mod])
-        )
+        worker = _worker(table, ["slow"], mod=mod, max_size=50, exit_when_idle=None)
         task = asyncio.create_task(worker.run())
         while (await table.get_study(sid)).reserved == 0:  # mid-trial, however slow the start
             await asyncio.sleep(0.02)
@@ -163,11 +148,7 @@ async def test_stop_hands_the_trial_back(tmp_path, monkeypatch, request) -> None
 async def test_auto_max_size_grows_toward_the_target(request) -> None:  # type: ignore[no-untyped-def]
     async with make_table(request, "valkey") as table:
         await table.register_study(registry([int_axis("x", 200_000)], capacity=["md5-preimage"]))
-        worker = Worker(
-            table,
-            runners.load(),
-            WorkerConfig(["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2, idle_wait=0.05),
-        )
+        worker = _worker(table, ["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2)
         stats = await worker.run()
         assert stats.sizes[0] == 16 and max(stats.sizes) > 1000
 
@@ -211,11 +192,7 @@ async def test_short_leases_are_kept_alive_by_heartbeats(tmp_path, monkeypatch, 
     )
     async with make_table(request, "valkey", trial_timeout=0.6) as table:
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["sleepy"]))
-        worker = Worker(
-            table,
-            runners.load([mod]),
-            WorkerConfig(["sleepy"], max_size=4, exit_when_idle=0.3, idle_wait=0.05, imports=[mod]),
-        )
+        worker = _worker(table, ["sleepy"], mod=mod, max_size=4)
         stats = await worker.run()  # one trial of 1.2 s under a 0.6 s lease
         assert stats.trials == 1 and stats.abandoned == 0
         state = await table.get_study(sid)
@@ -225,22 +202,12 @@ async def test_short_leases_are_kept_alive_by_heartbeats(tmp_path, monkeypatch, 
 async def test_a_study_naming_no_runner_is_handed_back_not_failed(request) -> None:  # type: ignore[no-untyped-def]
     async with make_table(request, "valkey") as table:
         sid = await table.register_study(registry([int_axis("x", 4)]))
-        worker = Worker(
-            table,
-            runners.load(),
-            WorkerConfig(
-                ["mandelbrot", "md5-preimage"], max_size=4, exit_when_idle=0.3, idle_wait=0.05
-            ),
-        )
+        worker = _worker(table, ["mandelbrot", "md5-preimage"], max_size=4)
         stats = await asyncio.wait_for(worker.run(), 20)
         assert stats.trials == 0
         state = await table.get_study(sid)
         assert state.failed == 0 and state.reserved == 0 and state.status == "running"
-        one = Worker(
-            table,
-            runners.load(),
-            WorkerConfig(["md5-preimage"], max_size=4, exit_when_idle=0.3, idle_wait=0.05),
-        )
+        one = _worker(table, ["md5-preimage"], max_size=4)
         await one.run()
         assert (await table.get_study(sid)).status == "done"
 
@@ -251,9 +218,9 @@ async def test_a_stop_answer_abandons_the_trial_at_once(tmp_path, monkeypatch, r
         monkeypatch,
         (
             "import time\nfrom ld2.worker.runners import runner\n"
-            "@runner('slow-tail', vectorized=True)\n"
-            "def slow_tail(x):\n"
-            "    if x.min() >= 100:\n"
+            "@runner('slow-head', vectorized=True)\n"
+            "def slow_head(x):\n"
+            "    if x.min() < 100:\n"
             "        time.sleep(5)\n"
             "    return x * x\n"
         ),
@@ -263,23 +230,13 @@ async def test_a_stop_answer_abandons_the_trial_at_once(tmp_path, monkeypatch, r
             registry(
                 [int_axis("x", None)],
                 strategy="find_exact",
-                target=hex(50 * 50),
-                capacity=["slow-tail"],
+                target=hex(150 * 150),
+                capacity=["slow-head"],
             )
         )
-        worker = Worker(
-            table,
-            runners.load([mod]),
-            WorkerConfig(
-                ["slow-tail"],
-                processes=2,
-                max_size=100,
-                exit_when_idle=0.3,
-                idle_wait=0.05,
-                imports=[mod],
-            ),
-        )
+        worker = _worker(table, ["slow-head"], mod=mod, processes=2, max_size=100)
         t0 = asyncio.get_running_loop().time()
         stats = await asyncio.wait_for(worker.run(), 30)
-        assert stats.abandoned >= 1  # the slow trial after the hit, dropped on "stop"
+        # the first trial, [0, 100), is slow; the second holds the hit: the first is dropped
+        assert stats.abandoned >= 1
         assert asyncio.get_running_loop().time() - t0 < 4.5  # well before its 5 s computation
