@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-WIRE = Path(__file__).resolve().parents[1].parent / "shared" / "wire"
+WIRE = Path(__file__).resolve().parent / "fixtures" / "wire"  # lite_dist2 0.6.7 captures
 
 
 def wire_json(name: str) -> Any:

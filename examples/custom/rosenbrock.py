@@ -1,6 +1,6 @@
 """A user's runner: the Rosenbrock function, vectorised, with its constants from the study.
 
-ld2 run examples/custom/rosenbrock.json --import rosenbrock   (with examples/custom on PYTHONPATH)
+cd examples/custom && ld2 run rosenbrock.json --import rosenbrock  (found in the current directory)
 """
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Replay of lite_dist2 0.6.7's captured session (`../shared/wire/_index-main.json`) against ld2.
+"""Replay of lite_dist2 0.6.7's captured session (`tests/fixtures/wire/_index-main.json`)
+against ld2.
 
 Requests go out in the captured order, with lite_dist2's study and trial ids mapped to ld2's.
 Each answer must have lite_dist2's status code and the same shape (field names and JSON types;
@@ -20,7 +21,7 @@ import pytest
 
 from ld2.core import models as m
 from tests.api.conftest import Api
-from tests.conftest import wire_json
+from tests.conftest import WIRE, wire_json
 
 BETTER = {
     "12-study-register-bad-body": (422, "same code; ld2 names more fields"),
@@ -204,7 +205,7 @@ async def _replay(
                 await replay.fill_until(original)
                 body = json.loads(replay.mapped(json.dumps(wire_json(req))))
         elif req:
-            content = (wire_json.__globals__["WIRE"] / req).read_bytes()
+            content = (WIRE / req).read_bytes()
         query = entry.get("query")
         params = {k: replay.mapped(str(v)) for k, v in query.items()} if query else None
         if entry["method"] == "GET" and entry["path"] == "/study" and expected == 200 and params:
