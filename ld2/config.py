@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,12 @@ MiB = 1024 * 1024
 
 
 def read_json_file(path: Path) -> Any:
-    """A JSON file's content; a missing or malformed file is InvalidInput naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InvalidInput(str(path), "no such file") from None
-    except json.JSONDecodeError as err:
-        raise InvalidInput(str(path), f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    """A JSON file's content; a file that is missing, a directory, not UTF-8 or not JSON is one
+    InvalidInput naming it (``FILE: not valid JSON: Expecting ',' delimiter at line 3, column 5``).
+    """
+    from ld2.core.studyfile import read_json  # the one reader; imported late (it pulls in numpy)
+
+    return read_json(path)
 
 
 class TableConfig(BaseModel):
