@@ -1,17 +1,35 @@
 """ASGI middlewares: bearer-token auth and a request-body limit.
 
 Both answer with a small JSON body and never reach the app, so a refused request changes
-nothing and costs almost nothing.
+nothing and costs almost nothing. `declare_bearer` puts the token's scheme into the OpenAPI
+document; the docs page, its assets and the schema stay open (`is_open`).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/ping"})
+DOCS_STATIC = "/docs/static"
+"""Where the Swagger UI assets are mounted (see `create_app`)."""
+
+OPEN_PATHS = frozenset({"/ping", "/docs", "/openapi.json"})
+"""Paths served without the token: the liveness probe and the docs page with its schema."""
+OPEN_PREFIXES = (f"{DOCS_STATIC}/",)
+"""Path prefixes served without the token: the docs page's static assets only."""
+
+SCHEME_NAME = "BearerAuth"
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is served without the token (nothing secret lives there)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -30,19 +48,31 @@ async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
+def _bearer_credentials(header: bytes) -> bytes | None:
+    """The credentials of an ``Authorization`` value, if its scheme is Bearer (any case)."""
+    scheme, _, credentials = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return credentials.lstrip(b" ")
+
+
 class BearerAuth:
-    """Every path but ``/ping`` needs ``Authorization: Bearer <token>``."""
+    """Every path but the open ones (`is_open`) needs ``Authorization: Bearer <token>``.
+
+    The scheme name is matched case-insensitively (RFC 7235); the token itself is compared in
+    constant time.
+    """
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        given = _bearer_credentials(dict(scope["headers"]).get(b"authorization", b""))
+        if given is None or not hmac.compare_digest(given, self.expected):
             await _reply(
                 send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
             )
@@ -96,6 +126,32 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+def declare_bearer(app: FastAPI) -> None:
+    """Declare the bearer scheme in `app`'s OpenAPI document, required by every operation
+    but the open ones, so that Swagger UI offers an "Authorize" button for the token."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first = app.openapi_schema is None
+        schema = build()  # FastAPI's own: built once, then cached on the app
+        if first:
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes[SCHEME_NAME] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The API token (`ld2 api --token` / `$LD2_API_TOKEN`).",
+            }
+            schema["security"] = [{SCHEME_NAME: []}]
+            for path, item in schema.get("paths", {}).items():
+                if is_open(path):
+                    for method, operation in item.items():
+                        if method in _HTTP_METHODS:
+                            operation["security"] = []
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def is_loopback(host: str) -> bool:
