@@ -16,14 +16,22 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from ld2 import __version__
-from ld2.config import ApiSettings, MiB, TableConfig, read_json_file
-from ld2.core.errors import BackendUnavailable, InvalidInput, LD2Error, NotFound
+from ld2.config import ApiSettings, MiB, TableConfig
+from ld2.core.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    LD2Error,
+    NotFound,
+    RunnerMismatch,
+    StudyConflict,
+)
 from ld2.store.base import StudyState, Table
 
 T = TypeVar("T")
@@ -147,13 +155,32 @@ async def _table(
         await table.close()
 
 
+EXIT_BACKEND = 1  # the backend is unreachable, or no such study
+EXIT_BAD_INPUT = 2  # the user's input is wrong (a file, a flag, a study that conflicts)
+EXIT_INCOMPLETE = 3  # the answer is not whole: failed points, or the study has not finished
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class Incomplete(Exception):
+    """A command did its work, but the answer is not whole (exit status 3)."""
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Domain errors become one clear line and an exit status (2: bad input), no traceback."""
     try:
         yield
-    except InvalidInput as err:
+    except (InvalidInput, RunnerMismatch) as err:
         raise _fail(str(err)) from None
+    except StudyConflict as err:
+        lines = "\n".join(f"  {d}" for d in err.differences)
+        raise _fail(
+            f"a different study named {err.name!r} is already registered:\n{lines}\n"
+            f"Give this study another name, or forget the old one (ld2 delete {err.name}); "
+            "ld2 run --restart does both in one step."
+        ) from None
+    except Incomplete:
+        raise typer.Exit(EXIT_INCOMPLETE) from None
     except BackendUnavailable as err:
         typer.secho(f"ld2: cannot reach the backend: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
@@ -169,20 +196,9 @@ def _run(coro: Awaitable[T]) -> T:
 
 
 def _load_study(path: Path) -> Any:
-    from ld2.core.study import parse_study
-    from ld2.core.studyfile import study_from_json
+    from ld2.core.studyfile import load_study_file
 
-    data = read_json_file(path)
-    try:
-        registry = study_from_json(data)
-        parse_study(registry)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise InvalidInput(f"{path}: {where}", first["msg"]) from None
-    except InvalidInput as err:
-        raise InvalidInput(f"{path}: {err.field}", err.problem) from None
-    return registry
+    return load_study_file(path)
 
 
 async def _find(table: Table, ident: str) -> StudyState:
@@ -200,23 +216,76 @@ def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("{task.fields[shown]}"),  # done/total, or done/∞ for an infinite study
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
     )
 
 
+async def _get_live(table: Table, sid: str, label: str) -> StudyState:
+    try:
+        return await table.get_study(sid)
+    except NotFound:
+        raise LD2Error(
+            f"study {_safe(label)} ({sid}) no longer exists: it was cancelled or deleted, "
+            "or Redis lost its data; submit it again"
+        ) from None
+
+
 async def _wait(table: Table, sid: str, every: float = 0.5) -> StudyState:
+    """A progress bar until the study is done (a study that vanishes is an error)."""
     state = await table.get_study(sid)
     with _progress() as bar:
-        task = bar.add_task(state.label, total=state.total or None)
+        total = "∞" if state.total is None else f"{state.total:,}"
+        task = bar.add_task(escape(_safe(state.label)), total=state.total or None, shown="")
         while True:
-            state = await table.get_study(sid)
-            bar.update(task, completed=state.done + state.failed)
+            state = await _get_live(table, sid, state.label)
+            done = state.done + state.failed
+            bar.update(task, completed=done, shown=f"{done:,}/{total}")
             if state.status == "done":
                 return state
             await asyncio.sleep(every)
+
+
+def _safe(text: str) -> str:
+    from ld2.summary import safe
+
+    return safe(text)
+
+
+def _err(text: str) -> None:
+    typer.secho(text, err=True, fg=typer.colors.YELLOW)
+
+
+async def _report_end(table: Table, state: StudyState) -> None:
+    """Print the answer and the failures; raise `Incomplete` unless the answer is whole."""
+    from ld2 import summary
+
+    text = await summary.answer(table, state)
+    if text:
+        console.print(text, markup=False, highlight=False)
+    report = await summary.failure_report(table, state)
+    for line in report:
+        _err(line)
+    if report:
+        _err(
+            f"After fixing the runner: `ld2 retry {_safe(state.label)}` requeues the failed points "
+            "(`ld2 run` of the same file retries them itself)."
+        )
+    if not summary.complete(state):
+        if state.status != "done":
+            total = "∞" if state.total is None else f"{state.total:,}"
+            label = _safe(state.label)
+            _err(f"partial: {label} is {state.status} ({state.done:,} of {total} points)")
+        raise Incomplete
+
+
+def _named(registry: Any, path: Path) -> Any:
+    """A study file without a name is registered under the file's stem."""
+    if registry.name is None:
+        return registry.model_copy(update={"name": path.stem})
+    return registry
 
 
 # -- studies --------------------------------------------------------------------------------------
@@ -234,16 +303,22 @@ def submit(
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Register a study; prints its id."""
+    """Register a study; prints its id.
+
+    Submitting the same study again prints the id it has (a submit can be repeated); a
+    different study under a taken name is refused (exit 2) naming what differs. With --wait,
+    exits 3 if the study ends with failed points."""
     with _user_errors():
-        registry = _load_study(study)
+        registry = _named(_load_study(study), study)
 
     async def go() -> None:
         async with _table(redis, api, token, trial_timeout=trial_timeout) as table:
-            sid = await table.register_study(registry, priority=priority)
+            sid, existed = await table.submit_study(registry, priority=priority)
             typer.echo(sid)
+            if existed:
+                _err(f"ld2: {_safe(registry.name)} was already registered with the same content")
             if wait:
-                await _wait(table, sid)
+                await _report_end(table, await _wait(table, sid))
 
     _run(go())
 
@@ -271,7 +346,7 @@ def status(
                     total = "∞" if s.total is None else f"{s.total:,}"
                     eta = "" if p is None or p.eta == "unpredictable" else str(p.eta)[:19]
                     grid.add_row(
-                        s.label,
+                        Text(_safe(s.label)),
                         s.status,
                         f"{s.done:,} / {total}",
                         f"{s.failed:,}",
@@ -282,6 +357,9 @@ def status(
                 if watch:
                     console.clear()
                 console.print(grid)
+                if study and not watch:
+                    with contextlib.suppress(Incomplete):
+                        await _report_end(table, states[0])
                 if not watch:
                     return
                 await asyncio.sleep(1.0)
@@ -299,14 +377,89 @@ def result(
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Write a study's results in grid order (partial while it runs; json once done)."""
-    from ld2.export import write_results
+    """Write a study's results in grid order (partial while it runs; json once done).
+
+    Exits 3 when the results are not the whole answer: the study is still running, or some
+    of its points failed (they are listed)."""
+    from ld2.export import check_output, write_results
+
+    with _user_errors():
+        check_output(output)
 
     async def go() -> None:
         async with _table(redis, api, token) as table:
             state = await _find(table, study)
             n = await write_results(table, state, output)
             typer.echo(f"{n:,} points written to {output}")
+            await _report_end(table, state)
+
+    _run(go())
+
+
+@app.command()
+def delete(
+    study: Annotated[str, typer.Argument(help="A study id or name.")],
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Forget a study in any state, with its results and failures; its name becomes free."""
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            gone = await table.delete((await _find(table, study)).study_id)
+            typer.echo(
+                f"deleted {_safe(gone.name or gone.study_id)} ({gone.study_id}): "
+                f"it was {gone.status}, "
+                f"with {gone.done:,} results and {gone.failed:,} failed points"
+            )
+
+    _run(go())
+
+
+@app.command()
+def failures(
+    study: Annotated[str, typer.Argument(help="A study id or name.")],
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List a study's failed (quarantined) points with their values and errors."""
+    from ld2 import summary
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            state = await _find(table, study)
+            found = await table.failures(state.study_id)
+            if not found:
+                typer.echo(f"{_safe(state.label)}: no failed points")
+                return
+            typer.echo(f"{_safe(state.label)}: {state.failed:,} failed points")
+            for f in found:
+                typer.echo("  " + summary.failure_text(state, f))
+
+    _run(go())
+
+
+@app.command()
+def retry(
+    study: Annotated[str, typer.Argument(help="A study id or name.")],
+    redis: RedisOpt = None,
+    api: ApiOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Put a study's failed points back to work (after the runner was fixed)."""
+
+    async def go() -> None:
+        async with _table(redis, api, token) as table:
+            state = await _find(table, study)
+            n = await table.retry_failures(state.study_id)
+            if n:
+                typer.echo(f"{_safe(state.label)}: {n:,} failed points requeued")
+            elif state.spec.strategy == "find_exact" and state.hit_flat is not None:
+                typer.echo(f"{_safe(state.label)}: already solved; nothing to retry")
+            else:
+                typer.echo(f"{_safe(state.label)}: no failed points")
 
     _run(go())
 
@@ -322,7 +475,7 @@ def _control(action: str) -> Callable[..., None]:
             async with _table(redis, api, token) as table:
                 state = await _find(table, study)
                 await getattr(table, action)(state.study_id)
-                typer.echo(f"{action}: {state.label}")
+                typer.echo(f"{action}: {_safe(state.label)}")
 
         _run(go())
 
@@ -517,51 +670,141 @@ def run(
         str | None,
         typer.Option(help="The runner, when the study's required_capacity names none."),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Discard an earlier study of this name (its results) and start anew."
+        ),
+    ] = False,
     state_dir: Annotated[Path | None, typer.Option(help="Embedded backend's directory.")] = None,
 ) -> None:
-    """One machine, one command: embedded backend, local workers, a progress bar, results."""
+    """One machine, one command: embedded backend, local workers, a progress bar, results.
+
+    Running it again resumes the study of that name (and retries its failed points) if the
+    file still describes the same study; an edited file is refused (exit 2) naming what
+    changed. Exits 3 if points failed, 130 on Ctrl-C (run the same command to resume)."""
+    from ld2.core.study import parse_study
+    from ld2.export import check_output
+
+    with _user_errors():
+        registry = _named(_load_study(study), study)
+        spec = parse_study(registry)
+        imports = import_ or []
+        available, _ = _runners(imports, [capacity] if capacity else [])
+        named = [c for c in registry.required_capacity if c in available]
+        chosen = [capacity] if capacity else named[:1]
+        if not chosen:
+            known = ", ".join(sorted(available))
+            raise InvalidInput(
+                f"{study}: required_capacity",
+                f"names no known runner; add one ({known}) or pass --capacity",
+            )
+        from ld2.worker.runners import check_call
+
+        try:
+            check_call(available[chosen[0]], spec)
+        except RunnerMismatch as err:
+            raise InvalidInput(str(study), str(err)) from None
+        outs = list(output or [Path(f"{registry.name}.csv")])
+        if not output and spec.space.dim == 2 and not spec.vector and spec.total:
+            outs.append(Path(f"{registry.name}.png"))
+        for out in outs:
+            check_output(out, spec)
+    with _user_errors():
+        code = asyncio.run(_run_locally(registry, chosen, available, imports, workers, outs,
+                                        restart, state_dir))  # fmt: skip
+    if code:
+        raise typer.Exit(code)
+
+
+async def _run_locally(
+    registry: Any,
+    chosen: list[str],
+    available: dict[str, Any],
+    imports: list[str],
+    workers: int,
+    outs: list[Path],
+    restart: bool,
+    state_dir: Path | None,
+) -> int:
+    """`ld2 run`'s work; returns the exit status."""
+    import signal
+
     from ld2.export import write_results
     from ld2.store.connect import open_table
-    from ld2.worker.loop import WorkerConfig
+    from ld2.worker.loop import Worker, WorkerConfig
 
-    with _user_errors():
-        registry = _load_study(study)
-    imports = import_ or []
-    with _user_errors():
-        available, _ = _runners(imports, [capacity] if capacity else [])
-    named = [c for c in registry.required_capacity if c in available]
-    chosen = [capacity] if capacity else named[:1]
-    if not chosen:
-        known = ", ".join(sorted(available))
-        raise _fail(
-            f"{study}: required_capacity names no known runner; add one ({known}) "
-            "or pass --capacity"
-        )
-    name = registry.name or study.stem
-
-    async def go() -> None:
-        table = open_table(None, state_dir=state_dir)
+    name = registry.name
+    table = open_table(None, state_dir=state_dir, fair_share=True)
+    try:
         try:
-            try:
-                state = await table.get_study(name=name)
-                console.print(f"resuming {name} ({state.done:,} points done)")
-            except NotFound:
-                state = await table.get_study(await table.register_study(registry))
+            sid, existed = await table.submit_study(registry)
+        except StudyConflict as err:
+            if not restart:
+                raise
+            await table.delete(err.study_id)
+            console.print(f"restart: the earlier study {_safe(name)} and its results are discarded")
+            sid, existed = await table.submit_study(registry)
+        state = await table.get_study(sid)
+        if existed and restart:
+            await table.delete(sid)
+            console.print(f"restart: the earlier study {_safe(name)} and its results are discarded")
+            sid, existed = await table.submit_study(registry)
+            state = await table.get_study(sid)
+        if existed:
+            retried = 0 if not state.failed else await table.retry_failures(sid)
+            console.print(f"resuming {_safe(name)} ({state.done:,} points done)", markup=False)
+            if retried:
+                console.print(f"retrying {retried:,} failed points")
+            state = await table.get_study(sid)
+        if state.status != "done":
             config = WorkerConfig(chosen, processes=workers, max_size=None, trial_seconds=0.5,
-                                  exit_when_idle=0.5, idle_wait=0.05, imports=imports)  # fmt: skip
-            work = asyncio.create_task(_work(table, available, config))
-            waiting = asyncio.create_task(_wait(table, state.study_id, every=0.2))
-            await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            await work
-            state = await table.get_study(state.study_id)
-            outs = output or [Path(f"{name}.csv")]
-            if not output and state.spec.space.dim == 2 and not state.spec.vector and state.total:
-                outs.append(Path(f"{name}.png"))
-            for out in outs:
-                n = await write_results(table, state, out)
-                console.print(f"{n:,} points written to {out}")
-        finally:
-            await table.close()
+                                  idle_wait=0.05, imports=imports,
+                                  stop_on_mismatch=True)  # fmt: skip
+            worker = Worker(table, available, config)
+            interrupted = asyncio.Event()
 
-    _run(go())
+            def interrupt() -> None:
+                interrupted.set()
+                worker.stop()
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, interrupt)
+            try:
+                work = asyncio.create_task(worker.run())
+                waiting = asyncio.create_task(_wait(table, sid, every=0.2))
+                await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                worker.stop()  # the study is done (or the worker ended): no trial is in hand
+                await work
+                if not waiting.done():
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+                else:
+                    waiting.result()  # raises if the study vanished
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            state = await table.get_study(sid)
+            if interrupted.is_set():
+                total = "∞" if state.total is None else f"{state.total:,}"
+                _err(
+                    f"interrupted: {state.done:,} of {total} points done; "
+                    "run the same command to resume"
+                )
+                return EXIT_INTERRUPTED
+            if worker.fatal:
+                raise InvalidInput(name, worker.fatal)
+            if state.status != "done":
+                raise LD2Error(f"the local workers stopped before {name} was done")
+        for out in outs:
+            n = await write_results(table, state, out)
+            console.print(f"{n:,} points written to {out}", markup=False)
+        try:
+            await _report_end(table, state)
+        except Incomplete:
+            return EXIT_INCOMPLETE
+        return 0
+    finally:
+        await table.close()

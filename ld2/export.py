@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from ld2.core import results
 from ld2.core.errors import InvalidInput
 from ld2.core.portable import ValueType
 from ld2.core.space import Space
+from ld2.core.study import StudySpec
 from ld2.store.base import ResultBlock, StudyState, Table
 
 Encoder = Callable[[Any], str]
@@ -213,27 +215,66 @@ async def storage_stream(table: Table, state: StudyState) -> AsyncIterator[bytes
 FORMATS = ("csv", "jsonl", "json", "npy", "png")
 
 
+def check_output(path: Path, spec: StudySpec | None = None) -> str:
+    """Check an output path before any work is done; returns its format.
+
+    The format comes from the suffix; a missing directory is created; a PNG needs a finite
+    2-D study with scalar results (checked when `spec` is given)."""
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        shown = f"{fmt!r}" if fmt else "none"
+        raise InvalidInput(
+            str(path), f"unknown format (suffix {shown}); use .{', .'.join(FORMATS)}"
+        )
+    if path.is_dir():
+        raise InvalidInput(str(path), "is a directory; give a file name")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidInput(str(path), f"{parent} is not a directory") from None
+    except OSError as err:
+        msg = f"cannot create the directory {parent}: {err.strerror}"
+        raise InvalidInput(str(path), msg) from None
+    if not os.access(parent, os.W_OK):
+        raise InvalidInput(str(path), f"the directory {parent} is not writable")
+    if (
+        fmt == "png"
+        and spec is not None
+        and (spec.space.dim != 2 or spec.total is None or spec.vector)
+    ):
+        raise InvalidInput(str(path), "a PNG needs a finite 2-D study with scalar results")
+    return fmt
+
+
 async def write_results(table: Table, state: StudyState, path: Path) -> int:
     """Write the study's registered results to `path`, the format taken from its suffix.
 
     Returns the number of points registered when `state` was read. ``json`` is lite_dist2's
     ``GET /study`` answer (done studies only); ``png`` is a heat map of a 2-D study (axis 0
-    down, axis 1 across).
+    down, axis 1 across). The file appears whole or not at all (written aside, then renamed).
     """
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise InvalidInput(str(path), f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if fmt == "png":
-        return await _write_png(table, state, path)
+    fmt = check_output(path, state.spec)
     if fmt == "json" and state.status != "done":
         raise InvalidInput(
             str(path), "the study is not done yet: use csv, jsonl or npy for partial results"
         )
-    parts = storage_stream(table, state) if fmt == "json" else results_stream(table, state, fmt)
-    with open(path, "wb") as out:
-        async for part in parts:
-            out.write(part)
-    return state.done
+    aside = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        if fmt == "png":
+            written = await _write_png(table, state, aside)
+        else:
+            parts = (
+                storage_stream(table, state) if fmt == "json" else results_stream(table, state, fmt)
+            )
+            with open(aside, "wb") as out:
+                async for part in parts:
+                    out.write(part)
+            written = state.done
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+    return written
 
 
 async def results_stream(table: Table, state: StudyState, fmt: str) -> AsyncIterator[bytes]:

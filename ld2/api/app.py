@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -16,15 +17,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from ld2 import __version__
 from ld2 import export as encode
-from ld2.api.security import BearerAuth, BodyLimit
+from ld2.api.security import DOCS_STATIC, BearerAuth, BodyLimit, declare_bearer
 from ld2.core import models as m
-from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
-from ld2.store.base import Reservation, StudyState, Table
+from ld2.core.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    NotFound,
+    StudyConflict,
+    TrialRejected,
+)
+from ld2.store.base import FailMode, Reservation, StudyState, Table
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
 log = logging.getLogger("ld2.api")
@@ -45,8 +55,29 @@ class LeaseAnswer(BaseModel):
 
 
 class FailParam(LeaseParam):
+    """``mode`` says how the range goes back (see `ld2.store.base.FailMode`); without it,
+    ``count_attempt: false`` means ``release`` and anything else ``split``."""
+
     error: str = ""
     count_attempt: bool = True
+    mode: FailMode | None = None
+
+
+class SubmitResponse(BaseModel):
+    study_id: str
+    existed: bool
+
+
+class DeletedModel(BaseModel):
+    study_id: str
+    name: str | None
+    status: str
+    done_grids: int
+    failed_grids: int
+
+
+class RetryResponse(BaseModel):
+    requeued_grids: int
 
 
 class StudyInfo(BaseModel):
@@ -152,8 +183,28 @@ def create_app(
         version=__version__,
         description="Distributed parameter sweeps on Redis; wire-compatible with lite_dist2 0.6.7.",
         lifespan=lifespan,
+        docs_url=None,  # our own /docs below: FastAPI's loads Swagger UI from a CDN
+        redoc_url=None,
     )
     _errors(app)
+
+    # -- interactive docs, offline: Swagger UI from the installed swagger-ui-bundle-v2 ----------
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon-32x32.png",
+        )
+
+    if token:
+        declare_bearer(app)  # Swagger UI's "Authorize" button
 
     # -- lite_dist2 endpoints --------------------------------------
 
@@ -232,9 +283,8 @@ def create_app(
     @app.post("/trial/fail", response_model=m.OkResponse, tags=["ld2"])
     async def fail(param: FailParam) -> m.OkResponse:
         """Hand a trial back: a failure (counts an attempt) or a shutdown (not counted)."""
-        await T().fail(
-            param.trial_id, param.worker_node_id, param.error, count_attempt=param.count_attempt
-        )
+        mode: FailMode = param.mode or ("split" if param.count_attempt else "release")
+        await T().fail(param.trial_id, param.worker_node_id, param.error, mode=mode)
         return m.OkResponse(ok=True)
 
     @app.post("/trial/cycle", response_model=m.TrialReserveResponse, tags=["ld2"])
@@ -259,6 +309,29 @@ def create_app(
     async def resume(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
         await T().resume((await _find(T(), study_id, name)).study_id)
         return m.OkResponse(ok=True)
+
+    @app.post("/study/submit", response_model=SubmitResponse, tags=["ld2"])
+    async def submit(param: m.StudyRegisterParam) -> SubmitResponse:
+        """Register a study, idempotently: the same study under a taken name answers its id
+        (``existed: true``); a different one is 409 with reason ``study_differs`` and the
+        ``differences``. (lite_dist2's ``/study/register`` keeps its 400 for a taken name.)"""
+        sid, existed = await T().submit_study(param.study, priority=param.priority)
+        return SubmitResponse(study_id=sid, existed=existed)
+
+    @app.post("/study/delete", response_model=DeletedModel, tags=["ld2"])
+    async def delete(study_id: str | None = None, name: str | None = None) -> DeletedModel:
+        """Forget a study in any state (also a finished one) with all its results."""
+        gone = await T().delete((await _find(T(), study_id, name)).study_id)
+        return DeletedModel(
+            study_id=gone.study_id, name=gone.name, status=gone.status,
+            done_grids=gone.done, failed_grids=gone.failed,
+        )  # fmt: skip
+
+    @app.post("/study/retry", response_model=RetryResponse, tags=["ld2"])
+    async def retry(study_id: str | None = None, name: str | None = None) -> RetryResponse:
+        """Put a study's quarantined points back to work (after its runner was fixed)."""
+        n = await T().retry_failures((await _find(T(), study_id, name)).study_id)
+        return RetryResponse(requeued_grids=n)
 
     @app.get("/study/info", response_model=StudyInfo, tags=["ld2"])
     async def info(study_id: str | None = None, name: str | None = None) -> StudyInfo:
@@ -338,9 +411,15 @@ async def _find(table: Table, study_id: str | None, name: str | None) -> StudySt
         raise NotFound(NOT_FOUND) from None
 
 
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact UTF-8 one (RFC 6266, 5987)."""
+    fallback = "".join(c if c.isascii() and (c.isalnum() or c in "._- ") else "_" for c in filename)
+    exact = urllib.parse.quote(filename, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
+
+
 def _results_response(table: Table, state: StudyState, fmt: str) -> Response:
-    fname = f"{state.label}.{fmt}"
-    headers = {"content-disposition": f'attachment; filename="{fname}"'}
+    headers = {"content-disposition": content_disposition(f"{state.label}.{fmt}")}
     media = {"csv": "text/csv", "jsonl": "application/x-ndjson"}.get(
         fmt, "application/octet-stream"
     )
@@ -359,6 +438,14 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, handler(404))
     app.add_exception_handler(TrialRejected, handler(409))
     app.add_exception_handler(BackendUnavailable, handler(503))
+
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StudyConflict)
+        body = {"detail": str(exc), "reason": "study_differs", "study_id": exc.study_id,
+                "differences": exc.differences}  # fmt: skip
+        return JSONResponse(body, status_code=409)
+
+    app.add_exception_handler(StudyConflict, conflict)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -30,6 +30,26 @@ class InvalidInput(LD2Error, ValueError):
         return InvalidInput(field, self.problem)
 
 
+class NameTaken(InvalidInput):
+    """A study name that another study holds (lite_dist2 answers 400 for it)."""
+
+
+class StudyConflict(LD2Error):
+    """A study of this name exists and describes another computation.
+
+    `differences` are ``key: old -> new`` lines (see `ld2.core.identity`)."""
+
+    def __init__(self, name: str, study_id: str, differences: list[str]) -> None:
+        self.name = name
+        self.study_id = study_id
+        self.differences = differences
+        shown = "; ".join(differences)
+        super().__init__(f"a different study named {name!r} exists ({shown})")
+
+    def __reduce__(self) -> tuple[type[StudyConflict], tuple[str, str, list[str]]]:
+        return (type(self), (self.name, self.study_id, self.differences))
+
+
 class NotFound(LD2Error, LookupError):
     """No such study (or it is no longer active, where that is what the caller needs)."""
 
@@ -67,3 +87,19 @@ class TrialRejected(LD2Error):
 
 class BackendUnavailable(LD2Error, ConnectionError):
     """Redis or the API could not be reached; the message names the URL."""
+
+
+class RunnerMismatch(LD2Error, TypeError):
+    """A runner that cannot be called for a study: a constant it has no parameter for, more or
+    fewer axes than its positional parameters, or a required parameter nothing supplies.
+
+    `runner` is the runner's name and the message says what does not fit, in one line
+    (``runner 'mandelbrot' has no parameter 'max_iters' for const_param 'max_iters' …``).
+    """
+
+    def __init__(self, runner: str, message: str) -> None:
+        self.runner = runner
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[RunnerMismatch], tuple[str, str]]:
+        return (type(self), (self.runner, str(self)))  # survives a trip between processes

@@ -8,6 +8,7 @@ field named, so nothing invalid is ever stored.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +103,25 @@ def _target(reg: StudyRegistry) -> tuple[Scalar, ...] | None:
     return values
 
 
+MAX_NAME = 200
+"""Longest study name, in characters: a name travels in URLs, headers and file names."""
+
+
+def check_name(name: str) -> None:
+    """A study name is any Unicode text of 1 to 200 characters without control characters
+    (they would garble terminals, break HTTP headers and file names) or lone surrogates."""
+    if not name.strip():
+        raise InvalidInput("name", "must not be blank (use null for no name)")
+    if len(name) > MAX_NAME:
+        raise InvalidInput("name", f"at most {MAX_NAME} characters, got {len(name)}")
+    for c in name:
+        kind = unicodedata.category(c)
+        if kind == "Cc":
+            raise InvalidInput("name", f"control characters are not allowed (found {c!r})")
+        if kind == "Cs":
+            raise InvalidInput("name", "lone surrogates are not allowed (not valid Unicode text)")
+
+
 def parse_study(reg: StudyRegistry) -> StudySpec:
     """Validate a registry and return the normalised study, or raise InvalidInput."""
     try:
@@ -122,8 +142,8 @@ def parse_study(reg: StudyRegistry) -> StudySpec:
             )
         if suggest == "random" and space.infinite:
             raise InvalidInput("suggest_strategy.type", "random order needs a finite space")
-        if reg.name is not None and not reg.name.strip():
-            raise InvalidInput("name", "must not be blank (use null for no name)")
+        if reg.name is not None:
+            check_name(reg.name)
         target = _target(reg)
         normalised = reg.model_copy(
             update={

@@ -15,12 +15,18 @@ from typing import Any, Literal
 import numpy as np
 
 from ld2.core import models as m
-from ld2.core.study import StudySpec
+from ld2.core.errors import NameTaken, NotFound, StudyConflict
+from ld2.core.identity import differences
+from ld2.core.study import StudySpec, parse_study
 from ld2.core.subspace import space_to_wire, trial_space
 
 Status = Literal["wait", "running", "paused", "done"]
 Outcome = Literal["ok", "ignored"]
 LeaseAnswer = Literal["ok", "stop"]
+FailMode = Literal["release", "retry", "split", "quarantine"]
+"""How a trial is handed back: `release` (a worker stopping; no attempt counted), `retry` (counts
+an attempt), `split` (a runner failure: a range of several points goes back as two halves, so
+that only points failing on their own are quarantined) or `quarantine` (cannot ever succeed)."""
 
 MAX_TOTAL = 2**53
 """Largest finite study: flat indices stay exact inside Redis's Lua (doubles)."""
@@ -145,6 +151,17 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Deleted:
+    """What `Table.delete` removed."""
+
+    study_id: str
+    name: str | None
+    status: str
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class Backlog:
     """Work waiting across active studies: what an autoscaler reads."""
 
@@ -162,6 +179,32 @@ class Table(abc.ABC):
     @abc.abstractmethod
     async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
         """Validate and store a study; returns its id. Invalid input writes nothing."""
+
+    async def submit_study(
+        self, registry: m.StudyRegistry, *, priority: int = 0
+    ) -> tuple[str, bool]:
+        """Register a study, or find the identical one already registered under its name.
+
+        Returns ``(study id, existed)``; a different study under the same name raises
+        `StudyConflict` naming the differences. So a submit can be repeated safely.
+        """
+        spec = parse_study(registry)
+        for _ in range(2):
+            if spec.name is not None:
+                try:
+                    state = await self.get_study(name=spec.name)
+                except NotFound:
+                    pass
+                else:
+                    diffs = differences(state.spec, spec)
+                    if diffs:
+                        raise StudyConflict(spec.name, state.study_id, diffs)
+                    return state.study_id, True
+            try:
+                return await self.register_study(registry, priority=priority), False
+            except NameTaken:
+                continue  # registered by someone else meanwhile: compare with theirs
+        raise NameTaken("study.name", f"the name {spec.name!r} is already registered")
 
     @abc.abstractmethod
     async def reserve(
@@ -215,9 +258,9 @@ class Table(abc.ABC):
 
     @abc.abstractmethod
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
     ) -> None:
-        """Hand a trial back: a failure (counts an attempt) or a shutdown (does not)."""
+        """Hand a trial back (see `FailMode`)."""
 
     @abc.abstractmethod
     async def reap(self) -> int:
@@ -226,6 +269,15 @@ class Table(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, study_id: str) -> None:
         """Remove an active study and everything of it; its name becomes free."""
+
+    @abc.abstractmethod
+    async def delete(self, study_id: str) -> Deleted:
+        """Remove a study in any state with everything of it; its name becomes free."""
+
+    @abc.abstractmethod
+    async def retry_failures(self, study_id: str) -> int:
+        """Put quarantined ranges back to work (a finished study becomes active again);
+        returns the number of points requeued (0 for a find_exact study already solved)."""
 
     @abc.abstractmethod
     async def pause(self, study_id: str) -> None: ...

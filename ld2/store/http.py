@@ -20,12 +20,20 @@ import numpy as np
 
 from ld2.core import models as m
 from ld2.core import results
-from ld2.core.errors import BackendUnavailable, InvalidInput, NotFound, TrialRejected
+from ld2.core.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    NotFound,
+    StudyConflict,
+    TrialRejected,
+)
 from ld2.core.planning import check_max_size
 from ld2.core.study import StudySpec, parse_study
 from ld2.core.subspace import trial_range
 from ld2.store.base import (
     Backlog,
+    Deleted,
+    FailMode,
     Failure,
     LeaseAnswer,
     Outcome,
@@ -181,6 +189,31 @@ class HttpTable(Table):
     async def pause(self, study_id: str) -> None:
         await self._request("POST", "/study/pause", params={"study_id": study_id})
 
+    async def delete(self, study_id: str) -> Deleted:
+        try:
+            d = await self._json("POST", "/study/delete", params={"study_id": study_id})
+        except _NoSuchEndpoint:
+            raise NotFound("this API cannot delete studies (lite_dist2 cancels only)") from None
+        self._specs.pop(study_id, None)
+        return Deleted(d["study_id"], d["name"], d["status"], d["done_grids"], d["failed_grids"])
+
+    async def retry_failures(self, study_id: str) -> int:
+        data = await self._json("POST", "/study/retry", params={"study_id": study_id})
+        return int(data["requeued_grids"])
+
+    async def submit_study(
+        self, registry: m.StudyRegistry, *, priority: int = 0
+    ) -> tuple[str, bool]:
+        parse_study(registry)
+        body = m.StudyRegisterParam(study=registry, priority=priority).model_dump(mode="json")
+        try:
+            data = await self._json("POST", "/study/submit", json=body)
+        except _NoSuchEndpoint:  # lite_dist2: compare here, then /study/register
+            return await super().submit_study(registry, priority=priority)
+        except StudyConflict as err:
+            raise StudyConflict(registry.name or "", err.study_id, err.differences) from None
+        return str(data["study_id"]), bool(data["existed"])
+
     async def resume(self, study_id: str) -> None:
         await self._request("POST", "/study/resume", params={"study_id": study_id})
 
@@ -279,13 +312,14 @@ class HttpTable(Table):
         return "stop" if data["answer"] == "stop" else "ok"
 
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
     ) -> None:
         body = {
             "trial_id": trial_id,
             "worker_node_id": worker_id,
             "error": error,
-            "count_attempt": count_attempt,
+            "count_attempt": mode != "release",
+            "mode": mode,
         }
         try:
             await self._request("POST", "/trial/fail", json=body)
@@ -370,6 +404,9 @@ def _raise_for(resp: Any, path: str) -> Any:
             raise _NoSuchEndpoint(f"{path} is not served here")
         raise NotFound(str(detail))
     if resp.status_code == 409:
+        body = _json_or_none(resp)
+        if body.get("reason") == "study_differs":
+            raise StudyConflict("", body.get("study_id", ""), list(body.get("differences", [])))
         raise TrialRejected.from_message(str(detail))
     if resp.status_code in (400, 401, 413, 422):
         if isinstance(detail, list):
@@ -378,6 +415,14 @@ def _raise_for(resp: Any, path: str) -> Any:
             )
         raise InvalidInput("", f"HTTP {resp.status_code}: {detail}")
     raise BackendUnavailable(f"ld2 API at {path}: HTTP {resp.status_code}: {detail}")
+
+
+def _json_or_none(resp: Any) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _unquote(v: Any, value_type: str) -> Any:

@@ -8,6 +8,7 @@ global index of active studies is only a hint for finding work: a study's own ha
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -27,6 +28,7 @@ from ld2.core.errors import (
     REJECTIONS,
     BackendUnavailable,
     InvalidInput,
+    NameTaken,
     NotFound,
     TrialRejected,
 )
@@ -38,6 +40,8 @@ from ld2.store import lite_dist2_import
 from ld2.store.base import (
     MAX_TOTAL,
     Backlog,
+    Deleted,
+    FailMode,
     Failure,
     LeaseAnswer,
     Outcome,
@@ -50,10 +54,12 @@ from ld2.store.base import (
 )
 
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
-_SCRIPTS = ("heartbeat", "fail", "reap", "create", "control", "touch_worker")
+_SCRIPTS = ("heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name")
 _BODIES = ("reserve", "register")  # also used as functions by cycle.lua
 DEFAULT_TIMEOUT_S = 600
 DEFAULT_MAX_ATTEMPTS = 3
+STALE_CLAIM_MS = 60_000
+"""A name claimed this long ago by a study that was never created is free again."""
 
 
 def _load_scripts() -> dict[str, str]:
@@ -103,7 +109,9 @@ class RedisTable(Table):
 
     `trial_timeout` is the lease length in seconds; `max_attempts` how often a range may fail
     or expire before it is quarantined; `index_ttl` how long the list of active studies may be
-    cached by this process before a reserve reads it again.
+    cached by this process before a reserve reads it again. With `fair_share` (ld2's workers
+    sizing their own trials) no reservation takes more than the points left divided by twice
+    the number of workers seen in the last 30 s.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class RedisTable(Table):
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         index_ttl: float = 1.0,
         url: str = "",
+        fair_share: bool = False,
     ) -> None:
         if trial_timeout <= 0:
             raise InvalidInput("trial_timeout_seconds", "must be positive")
@@ -134,6 +143,8 @@ class RedisTable(Table):
         self._index: list[tuple[str, frozenset[str]]] = []
         self._index_at = -1e9
         self._workers_seen: dict[str, float] = {}
+        self.fair_share = fair_share
+        self._live_workers = 0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTable:
@@ -178,7 +189,13 @@ class RedisTable(Table):
         sid, seq = await self._new_study_id(spec)
         fields = self._study_fields(spec, sid, seq, priority)
         flat_args = [x for kv in fields.items() for x in kv]
-        await self._call("create", self.study_keys(sid)[:1], flat_args)
+        try:
+            await self._call("create", self.study_keys(sid)[:1], flat_args)
+        except BaseException:
+            if spec.name is not None:  # best effort; a claim left behind goes stale
+                with contextlib.suppress(BackendUnavailable):
+                    await self._release_name(spec.name, sid)
+            raise
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
             pipe.zadd(self._g("studies"), {sid: seq})
@@ -224,13 +241,27 @@ class RedisTable(Table):
         }
 
     async def _claim_name(self, name: str, sid: str) -> None:
-        names = self._g("names")
-        if await self.client.hsetnx(names, name, sid):
+        """Claim `name` for `sid`, atomically: of any number of concurrent registrations of
+        one name exactly one gets it. A claim whose study was never created is taken over
+        once it is `STALE_CLAIM_MS` old (its registration died half-way)."""
+        names = [self._g("names")]
+        reply = [_s(x) or "" for x in await self._call("name", names, ["claim", name, sid, ""])]
+        if reply[0] == "ok":
             return
-        holder = _s(await self.client.hget(names, name))
-        if holder and await self.client.exists(self.study_keys(holder)[0]):
-            raise InvalidInput("study.name", f"the name {name!r} is already registered")
-        await self.client.hset(names, name, sid)  # left behind by a failed registration
+        seen, now = reply[1], int(reply[2])
+        holder, _, claimed = seen.partition("|")
+        taken = NameTaken("study.name", f"the name {name!r} is already registered")
+        if await self.client.exists(self.study_keys(holder)[0]):
+            raise taken
+        if claimed and now - int(claimed) < STALE_CLAIM_MS:
+            raise taken  # being registered right now
+        args = ["takeover", name, sid, seen]
+        reply = [_s(x) or "" for x in await self._call("name", names, args)]
+        if reply[0] != "ok":
+            raise taken
+
+    async def _release_name(self, name: str, sid: str) -> None:
+        await self._call("name", [self._g("names")], ["release", name, sid, ""])
 
     async def _spec(self, sid: str) -> StudySpec:
         spec = self._specs.get(sid)
@@ -247,10 +278,10 @@ class RedisTable(Table):
             raise InvalidInput("study_id", "give exactly one of study_id and name")
         if study_id is not None:
             return study_id
-        sid = _s(await self.client.hget(self._g("names"), name or ""))
-        if sid is None:
+        claim = _s(await self.client.hget(self._g("names"), name or ""))
+        if claim is None:
             raise NotFound(f"Study not found: name={name}")
-        return sid
+        return claim.partition("|")[0]
 
     def _state(self, sid: str, h: dict[bytes, bytes], spec: StudySpec) -> StudyState:
         def num(key: str) -> int | None:
@@ -298,22 +329,41 @@ class RedisTable(Table):
         )
         return finished + [s for s in states if s.status != "done"]
 
-    async def _control(self, study_id: str, action: str) -> None:
+    async def _control(self, study_id: str, action: str) -> list[str]:
         keys = self.study_keys(study_id)
-        outcome, status = (_s(x) for x in await self._call("control", keys, [action]))
+        reply = [_s(x) or "" for x in await self._call("control", keys, [action])]
+        outcome, status = reply[:2]
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={study_id}")
         if outcome == "inactive":
             raise NotFound(f"Study {study_id} is {status}, not active")
-        if action == "cancel":
+        if action in ("cancel", "delete"):
             spec = self._specs.pop(study_id, None)
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrem(self._g("active"), study_id)
                 pipe.zrem(self._g("studies"), study_id)
-                if spec is not None and spec.name is not None:
-                    pipe.hdel(self._g("names"), spec.name)
                 await pipe.execute()
+            if spec is not None and spec.name is not None:
+                await self._release_name(spec.name, study_id)
             self._index_at = -1e9
+        return reply
+
+    async def delete(self, study_id: str) -> Deleted:
+        spec = await self._spec(study_id)  # so the name can be freed
+        _, status, done, failed = await self._control(study_id, "delete")
+        return Deleted(study_id, spec.name, status, int(done or 0), int(failed or 0))
+
+    async def retry_failures(self, study_id: str) -> int:
+        reply = [_s(x) or "" for x in await self._call("retry", self.study_keys(study_id)[:5], [])]
+        outcome, points, status = reply
+        if outcome == "missing":
+            raise NotFound(f"Study not found: study_id={study_id}")
+        if int(points) and status != "done":
+            seq_priority = await self.client.hmget(self.study_keys(study_id)[0], "seq", "priority")
+            seq, priority = (int(x or 0) for x in seq_priority)
+            await self.client.zadd(self._g("active"), {study_id: -priority * 2**32 + seq})
+            self._index_at = -1e9
+        return int(points)
 
     async def cancel(self, study_id: str) -> None:
         if study_id not in self._specs:
@@ -350,6 +400,10 @@ class RedisTable(Table):
             await self.client.zrem(self._g("active"), *gone)
         self._index = running + waiting
         self._index_at = time.monotonic()
+        if self.fair_share:
+            now = await self.server_time()
+            since = int(now.timestamp() * 1000) - 30_000
+            self._live_workers = int(await self.client.zcount(self._g("workers"), since, "+inf"))
 
     async def _touch_worker(self, worker_id: str, worker_name: str | None) -> None:
         now = time.monotonic()
@@ -393,7 +447,7 @@ class RedisTable(Table):
     async def _reserve_in(
         self, sid: str, max_size: int, worker_id: str, worker_name: str | None
     ) -> Reservation | None:
-        args = [sid, max_size, _clean(worker_id), _clean(worker_name)]
+        args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers]
         reply = await self._call("reserve", self.study_keys(sid)[:5], args)
         return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
 
@@ -544,6 +598,7 @@ class RedisTable(Table):
             max_size,
             _clean(trial.worker_id),
             _clean(worker_name),
+            self._live_workers,
         ]
         reply = [
             _s(x) or "" for x in await self._call("cycle", self.study_keys(trial.study_id), args)
@@ -563,10 +618,12 @@ class RedisTable(Table):
         return "ok" if answer == "ok" else "stop"
 
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, count_attempt: bool = True
+        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
     ) -> None:
+        if mode not in ("release", "retry", "split", "quarantine"):
+            raise InvalidInput("mode", f"unknown mode {mode!r}")
         sid = study_id_of(trial_id)
-        args = [trial_id, _clean(worker_id), _clean(error)[:500], 1 if count_attempt else 0]
+        args = [trial_id, _clean(worker_id), _clean(error)[:500], mode]
         outcome, status = (
             _s(x) or "" for x in await self._call("fail", self.study_keys(sid)[:5], args)
         )

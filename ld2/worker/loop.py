@@ -24,14 +24,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ld2.core.errors import BackendUnavailable, NotFound, TrialRejected
+from ld2.core.errors import BackendUnavailable, NotFound, RunnerMismatch, TrialRejected
 from ld2.core.study import StudySpec
-from ld2.store.base import Reservation, Table
+from ld2.store.base import FailMode, Reservation, Table
 from ld2.worker import runners
 from ld2.worker.runners import Runner
 
 log = logging.getLogger("ld2.worker")
 T = TypeVar("T")
+INITIAL_SIZE = 16
+"""--max-size auto: the first trial of a study (grows up to 4x a trial towards trial_seconds)."""
+SYSTEMATIC = 32
+"""Failed trials of a study, with not one success, after which this worker stops halving them
+and quarantines its trials whole: every trial failing is a broken runner, not bad points (the
+halving towards one bad point fails at most log2(trial size) + attempts times in a row)."""
 
 
 @dataclass
@@ -45,6 +51,7 @@ class WorkerConfig:
     idle_wait: float = 1.0
     heartbeat_every: float = 10.0
     imports: Sequence[str] = ()
+    stop_on_mismatch: bool = False  # a local run: a runner that cannot be called ends it
 
 
 @dataclass
@@ -56,6 +63,7 @@ class WorkerStats:
     handed_back: int = 0
     seconds: float = 0.0
     sizes: list[int] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # compute seconds of each trial
 
 
 def _init_child(imports: Sequence[str]) -> None:
@@ -76,8 +84,11 @@ class Worker:
         self.name = config.name or self.id
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
-        self._max_size = config.max_size or 16
+        self._sizes: dict[tuple[str, str], int] = {}  # --max-size auto: per study and runner
+        self._checked: dict[tuple[str, str], str | None] = {}  # runner/study mismatches
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.fatal: str | None = None  # why a local run had to stop (stop_on_mismatch)
+        self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
 
     def stop(self) -> None:
         """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
@@ -118,7 +129,7 @@ class Worker:
                 break
             if res is None:
                 res = await self._retry(
-                    self.table.reserve, caps, self._max_size, self.id, self.name
+                    self.table.reserve, caps, self._size_for(None), self.id, self.name
                 )
                 if res is None:
                     await self._sleep(self.config.idle_wait)
@@ -129,15 +140,16 @@ class Worker:
                 continue
             idle_since = time.monotonic()  # only work done counts against --exit-when-idle
             done = res
+            size = self._size_for(done)
             try:
                 _, res = await self._retry(
-                    self.table.register_and_reserve, done, values, caps, self._max_size, self.name
+                    self.table.register_and_reserve, done, values, caps, size, self.name
                 )
             except (TrialRejected, NotFound) as err:
                 log.warning("trial %s not registered: %s", done.trial_id, err)
                 res = None
         if res is not None:  # reserved with the last registration, never started
-            await self._hand_back(res, "worker stopped", count=False)
+            await self._hand_back(res, "worker stopped", "release")
 
     async def _compute(self, res: Reservation) -> np.ndarray | None:
         run = self._runner_for(res.spec)
@@ -148,8 +160,16 @@ class Worker:
                 res.spec.name or res.study_id,
                 ", ".join(self.runners),
             )
-            await self._hand_back(res, "no runner chosen for the study", count=False)
+            await self._hand_back(res, "no runner chosen for the study", "release")
             await self._sleep(self.config.idle_wait)
+            return None
+        mismatch = self._mismatch(run, res)
+        if mismatch is not None:
+            self.stats.failures += 1
+            await self._hand_back(res, mismatch, "quarantine")
+            if self.config.stop_on_mismatch:
+                self.fatal = mismatch
+                self.stop()
             return None
         assert self._pool is not None
         loop = asyncio.get_running_loop()
@@ -168,7 +188,7 @@ class Worker:
         if not future.done():
             future.cancel()
             if self._stopping.is_set():
-                await self._hand_back(res, "worker stopped", count=False)
+                await self._hand_back(res, "worker stopped", "release")
                 self.stats.handed_back += 1
             else:
                 log.info("trial %s abandoned: the table answered stop", res.trial_id)
@@ -180,13 +200,33 @@ class Worker:
             if isinstance(err, concurrent.futures.process.BrokenProcessPool):
                 self._pool = self._new_pool()  # a runner killed its process: start afresh
             self.stats.failures += 1
-            log.warning("trial %s failed: %s: %s", res.trial_id, type(err).__name__, err)
-            await self._hand_back(res, f"{type(err).__name__}: {err}", count=True)
+            what = f"{type(err).__name__}: {err}"
+            outcome = self._outcomes.setdefault(res.study_id, [0, 0])
+            outcome[1] += 1
+            if outcome[0] == 0 and outcome[1] >= SYSTEMATIC:
+                if outcome[1] == SYSTEMATIC:
+                    log.error(
+                        "study %s: %d trials failed and none succeeded (%s); its trials are "
+                        "now quarantined whole: fix the runner, then `ld2 retry`",
+                        res.spec.name or res.study_id, outcome[1], what,
+                    )  # fmt: skip
+                await self._hand_back(res, what, "quarantine")
+                return None
+            if res.count > 1:
+                log.warning(
+                    "trial %s (%d points) failed: %s; its halves are retried to find the "
+                    "failing points", res.trial_id, res.count, what,
+                )  # fmt: skip
+            else:
+                log.warning("point %d of study %s failed: %s", res.start, res.study_id, what)
+            await self._hand_back(res, what, "split")
             return None
         elapsed = time.monotonic() - t0
+        self._outcomes.setdefault(res.study_id, [0, 0])[0] += 1
         self.stats.trials += 1
         self.stats.points += res.count
         self.stats.sizes.append(res.count)
+        self.stats.durations.append(elapsed)
         log.info(
             "trial %s: %d points in %.3f s (%.0f points/s)",
             res.trial_id,
@@ -194,7 +234,7 @@ class Worker:
             elapsed,
             res.count / elapsed if elapsed > 0 else float("inf"),
         )
-        self._adapt(res.count, elapsed)
+        self._adapt(res, elapsed)
         return values
 
     def _runner_for(self, spec: StudySpec) -> Runner | None:
@@ -205,15 +245,42 @@ class Worker:
             return next(iter(self.runners.values()))
         return None
 
-    def _adapt(self, count: int, elapsed: float) -> None:
+    def _mismatch(self, run: Runner, res: Reservation) -> str | None:
+        """Why `run` cannot be called for this study at all (checked once per study)."""
+        key = (res.study_id, run.name)
+        if key not in self._checked:
+            try:
+                runners.check_call(run, res.spec)
+                self._checked[key] = None
+            except RunnerMismatch as err:
+                self._checked[key] = f"{type(err).__name__}: {err}"
+                log.error("study %s: %s", res.spec.name or res.study_id, err)
+        return self._checked[key]
+
+    def _key(self, res: Reservation) -> tuple[str, str]:
+        run = self._runner_for(res.spec)
+        return (res.study_id, run.name if run else "")
+
+    def _size_for(self, res: Reservation | None) -> int:
+        """The trial size to ask for next: the study's own when continuing it (--max-size
+        auto adapts per study and runner), else a small first trial."""
+        if self.config.max_size is not None:
+            return self.config.max_size
+        if res is None:
+            return INITIAL_SIZE
+        return self._sizes.get(self._key(res), INITIAL_SIZE)
+
+    def _adapt(self, res: Reservation, elapsed: float) -> None:
         """--max-size auto: aim at `trial_seconds` a trial, changing at most 4x at a time."""
-        if self.config.max_size is not None or count < self._max_size // 2:
+        if self.config.max_size is not None:
             return
-        rate = count / max(elapsed, 1e-6)
+        key = self._key(res)
+        size = self._sizes.get(key, INITIAL_SIZE)
+        if res.count < size // 2:
+            return  # a short trial (the end of a range) says little about the rate
+        rate = res.count / max(elapsed, 1e-6)
         target = int(rate * self.config.trial_seconds)
-        self._max_size = max(
-            1, min(10_000_000, max(self._max_size // 4, min(target, self._max_size * 4)))
-        )
+        self._sizes[key] = max(1, min(10_000_000, max(size // 4, min(target, size * 4))))
 
     async def _keep_lease(self, res: Reservation) -> None:
         """Extend the lease until cancelled; return (ending the wait) on a "stop" answer.
@@ -227,9 +294,9 @@ class Worker:
             if answer == "stop":
                 return
 
-    async def _hand_back(self, res: Reservation, error: str, *, count: bool) -> None:
+    async def _hand_back(self, res: Reservation, error: str, mode: FailMode) -> None:
         try:
-            await self.table.fail(res.trial_id, self.id, error, count_attempt=count)
+            await self.table.fail(res.trial_id, self.id, error, mode=mode)
         except (TrialRejected, NotFound, BackendUnavailable) as err:
             log.warning("could not hand trial %s back: %s", res.trial_id, err)
 

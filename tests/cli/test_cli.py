@@ -55,8 +55,8 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
 
 def _direct_mandelbrot(path: Path) -> list[int]:
     spec = parse_study(study_from_json(json.loads(path.read_text())))
-    y, x = spec.space.arrays(0, spec.total or 0)
-    return mandelbrot(y, x, max_iter=255, abs_threshold=2.0).tolist()
+    y, x = spec.space.arrays(0, spec.total or 0)  # the example's axes are [y, x]
+    return mandelbrot(x, y, max_iter=255, abs_threshold=2.0).tolist()
 
 
 def _small_mandelbrot(tmp_path: Path, name: str = "small", n: int = 40) -> Path:
@@ -108,7 +108,7 @@ def test_run_needs_nothing_else(tmp_path: Path) -> None:
         ),
         (
             lambda d: d["parameter_space"]["axes"][0].update(start="0.1"),
-            "parameter_space.axes.0.start",
+            "parameter_space.axes[0].start",
         ),
         (
             lambda d: d["parameter_space"]["axes"][0].update(size=2.5),
@@ -350,7 +350,7 @@ def test_custom_runner_example_and_controls(tmp_path: Path) -> None:
 
 
 def test_run_needs_a_runner_for_a_lite_dist2_study(tmp_path: Path) -> None:
-    wire = ROOT.parent / "shared" / "wire" / "10-study-register-mandelbrot.request.json"
+    wire = ROOT / "tests" / "fixtures" / "wire" / "10-study-register-mandelbrot.request.json"
     env = {"LD2_STATE_DIR": str(tmp_path / "state")}
     out = ld2("run", str(wire), env=env, cwd=tmp_path)
     assert (

@@ -154,7 +154,7 @@ async def test_failures_are_retried_then_quarantined(
             bad = await table.reserve([], 4, "w")
             assert bad is not None and bad.start == 0
             attempts.append(bad.attempt)
-            await table.fail(bad.trial_id, "w", "ZeroDivisionError: boom")
+            await table.fail(bad.trial_id, "w", "ZeroDivisionError: boom", mode="retry")
         assert attempts == [0, 1, 2]
         await run_all(table, 4, "w")
         state = await table.get_study(sid)
@@ -169,7 +169,7 @@ async def test_failures_are_retried_then_quarantined(
 async def test_hand_back_on_shutdown_does_not_count_an_attempt(table) -> None:  # type: ignore[no-untyped-def]
     await table.register_study(registry([int_axis("x", 10)]))
     res = await table.reserve([], 4, "w")
-    await table.fail(res.trial_id, "w", "SIGTERM", count_attempt=False)
+    await table.fail(res.trial_id, "w", "SIGTERM", mode="release")
     again = await table.reserve([], 4, "w2")
     assert again is not None and again.start == 0 and again.attempt == 0
     with pytest.raises(TrialRejected):

@@ -251,7 +251,7 @@ async def test_backlog(table: RedisTable) -> None:
     await table.register_study(registry([int_axis("x", 100)]))
     a = await table.reserve([], 10, "w1")
     await table.reserve([], 20, "w2")
-    await table.fail(a.trial_id, "w1", "boom")
+    await table.fail(a.trial_id, "w1", "boom", mode="retry")
     log = await table.backlog()
     assert log.points_waiting == 80 and log.points_in_flight == 20
     assert (log.ranges_waiting, log.trials_in_flight, log.active_studies, log.workers_seen) == (

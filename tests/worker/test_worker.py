@@ -73,11 +73,14 @@ async def test_runner_errors_become_failures_and_quarantine(tmp_path, monkeypatc
         sid = await table.register_study(registry([int_axis("x", 10)], capacity=["fragile"]))
         worker = _worker(table, ["fragile"], mod=mod, max_size=2)
         stats = await worker.run()
-        assert stats.failures == 2
+        # [2, 4) fails and is halved; [3] then fails its 2 attempts and is quarantined alone
+        assert stats.failures == 3
         state = await table.get_study(sid)
-        assert state.status == "done" and state.failed == 2 and state.done == 8
+        assert state.status == "done" and state.failed == 1 and state.done == 9
         (failure,) = await table.failures(sid)
-        assert "three is bad" in failure.error
+        assert (failure.start, failure.count) == (3, 1) and "three is bad" in failure.error
+        flats, values = await all_results(table, sid)
+        assert flats == [0, 1, 2, 4, 5, 6, 7, 8, 9] and values == [x * x for x in flats]
 
 
 async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
@@ -95,8 +98,35 @@ async def test_wrong_result_type_is_a_clear_failure(tmp_path, monkeypatch, reque
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["halves"]))
         worker = _worker(table, ["halves"], mod=mod, max_size=4, exit_when_idle=0.2)
         await worker.run()
-        (failure,) = await table.failures(sid)
-        assert "expected int values" in failure.error and "halves" in failure.error
+        failures = await table.failures(sid)
+        assert [(f.start, f.count) for f in failures] == [(0, 1), (1, 1), (2, 1), (3, 1)]
+        for failure in failures:
+            assert "expected int values" in failure.error and "halves" in failure.error
+
+
+async def test_a_runner_failing_everywhere_is_quarantined_without_a_flood(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch, request
+) -> None:
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "from ld2.worker.runners import runner\n"
+            "@runner('broken')\n"
+            "def broken(x):\n"
+            "    raise RuntimeError('bug')\n"
+        ),
+    )
+    async with make_table(request, "valkey") as table:
+        sid = await table.register_study(registry([int_axis("x", 20_000)], capacity=["broken"]))
+        worker = _worker(table, ["broken"], mod=mod, max_size=1000, exit_when_idle=0.5)
+        stats = await worker.run()
+        state = await table.get_study(sid)
+        assert state.status == "done" and state.failed == 20_000 and state.done == 0
+        # halving stops once 32 trials failed with none succeeding; then each trial (about 20
+        # of 1,000 points, and the halves already handed back) fails once: not ~60,000 trials
+        assert stats.failures < 100
+        assert all("RuntimeError: bug" in f.error for f in await table.failures(sid))
 
 
 async def test_find_exact_over_an_infinite_axis_finds_the_hit(request) -> None:  # type: ignore[no-untyped-def]
@@ -151,6 +181,36 @@ async def test_auto_max_size_grows_toward_the_target(request) -> None:  # type: 
         worker = _worker(table, ["md5-preimage"], trial_seconds=0.05, exit_when_idle=0.2)
         stats = await worker.run()
         assert stats.sizes[0] == 16 and max(stats.sizes) > 1000
+
+
+async def test_auto_max_size_is_per_study(request, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A fast study must not set the trial size of the next one."""
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "import time\n"
+            "from ld2.worker.runners import runner\n"
+            "@runner('fast', vectorized=True)\n"
+            "def fast(x):\n"
+            "    return x\n"
+            "@runner('slow')\n"
+            "def slow(x):\n"
+            "    time.sleep(0.001)\n"
+            "    return x\n"
+        ),
+    )
+    async with make_table(request, "valkey") as table:
+        await table.register_study(registry([int_axis("x", 300_000)], capacity=["fast"]))
+        worker = _worker(table, ["fast", "slow"], mod=mod, trial_seconds=0.05, exit_when_idle=0.2)
+        stats = await worker.run()
+        grown = len(stats.sizes)
+        assert max(stats.sizes) > 1000
+        sid = await table.register_study(registry([int_axis("x", 400)], capacity=["slow"]))
+        stats = await worker.run()
+        assert stats.sizes[grown] == 16  # the slow study starts small again
+        assert max(stats.sizes[grown:]) <= 4 * 16 * 4  # and grows from there, not from the fast one
+        assert (await table.get_study(sid)).done == 400
 
 
 def test_unknown_import_is_refused() -> None:

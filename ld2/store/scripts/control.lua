@@ -1,11 +1,17 @@
--- pause | resume | cancel a study. Cancel deletes every key of the study (as lite_dist2 does).
+-- pause | resume | cancel | delete a study. Cancel deletes every key of an active study (as
+-- lite_dist2 does); delete does the same for a study in any state (forgetting a finished one).
 -- KEYS: the study's keys (hash first). ARGV: action.
--- Returns {outcome, status before}: ok | missing | inactive | unchanged
-local status = redis.call('HGET', KEYS[1], 'status')
+-- Returns {outcome, status before, done, failed}: ok | missing | inactive | unchanged
+local f = redis.call('HMGET', KEYS[1], 'status', 'done', 'failed')
+local status = f[1]
 if not status then
   return {'missing', ''}
 end
 local action = ARGV[1]
+if action == 'delete' then
+  redis.call('DEL', unpack(KEYS))
+  return {'ok', status, f[2], f[3]}
+end
 if not is_active(status) then
   return {'inactive', status}
 end

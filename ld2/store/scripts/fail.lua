@@ -1,9 +1,15 @@
--- Give a trial back: a runner failure (counts an attempt) or a worker shutting down (does not).
+-- Give a trial back. Modes:
+--   release     a worker shutting down: the range goes back, no attempt counted
+--   retry       a failure: counts an attempt; at max_attempts the range is quarantined
+--   split       a runner failure: a range of several points goes back as two halves (each
+--               retried, and split again if it fails), so that only the points that fail on
+--               their own end up quarantined; a single point counts attempts as `retry`
+--   quarantine  the range can never succeed (the runner cannot be called for this study)
 -- KEYS: study hash, back, leases, trials, failed
--- ARGV: trial id, worker id, error text, count the attempt (1/0)
+-- ARGV: trial id, worker id, error text, mode
 -- Returns {outcome, status}: ok | unknown | wrong_worker | inactive | missing
 local k = study_keys(KEYS)
-local tid = ARGV[1]
+local tid, mode = ARGV[1], ARGV[4]
 local f = redis.call('HMGET', k.s, 'status', 'max_attempts')
 local status = f[1]
 if not status then
@@ -29,8 +35,21 @@ end
 redis.call('ZREM', k.leases, tid)
 redis.call('HINCRBY', k.s, 'reserved', -t.count)
 redis.call('HDEL', k.trials, tid)
-local attempts = t.attempt + tonumber(ARGV[4])
-if attempts >= tonumber(f[2]) then
+local max_attempts = tonumber(f[2])
+if mode == 'split' and t.count > 1 then
+  local half = divmod(t.count, 2)
+  redis.call('ZADD', k.back, t.start, range_member(t.start, half, 0, '-'))
+  redis.call('ZADD', k.back, t.start + half, range_member(t.start + half, t.count - half, 0, '-'))
+  return {'ok', status}
+end
+local attempts = t.attempt
+if mode ~= 'release' then
+  attempts = attempts + 1
+end
+if mode == 'quarantine' then
+  attempts = math.max(attempts, max_attempts)
+end
+if attempts >= max_attempts then
   quarantine(k, t.start, t.count, attempts, '-', ARGV[3])
   if maybe_complete(k, now) then
     return {'ok', 'done'}

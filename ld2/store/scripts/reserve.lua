@@ -1,11 +1,13 @@
 -- Lease the next chunk of one study to a worker.
 -- KEYS: study hash, back, leases, trials, failed
--- ARGV: study id, max_size, worker id, worker name
+-- ARGV: study id, max_size, worker id, worker name, live workers (0: unknown)
+-- With N live workers no trial takes more than the points left / 2N (but at least 16), so that
+-- a worker whose trial size was set by a faster study cannot take the rest while others idle.
 -- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
 local k = study_keys(KEYS)
 local sid, max_size = ARGV[1], tonumber(ARGV[2])
 local f = redis.call('HMGET', k.s, 'status', 'total', 'cursor', 'sizes', 'strides', 'jagged',
-  'order', 'timeout_ms', 'max_attempts')
+  'order', 'timeout_ms', 'max_attempts', 'done', 'failed', 'reserved')
 local status = f[1]
 if not status then
   return {'missing', ''}
@@ -18,6 +20,15 @@ local total, cursor = tonumber(f[2]), tonumber(f[3])
 local study = { sizes = numbers(f[4]), strides = numbers(f[5]), jagged = tonumber(f[6]) }
 local timeout, max_attempts = tonumber(f[8]), tonumber(f[9])
 local limit_end = 9007199254740992 -- 2^53: no flat index beyond it is ever issued
+
+local live = tonumber(ARGV[5] or '0') or 0
+if live > 0 and total >= 0 then
+  local left = total - tonumber(f[10]) - tonumber(f[11]) - tonumber(f[12])
+  local cap = math.max(16, math.ceil(left / (2 * live))) -- below 16 points, halving buys nothing
+  if cap < max_size then
+    max_size = cap
+  end
+end
 
 reap_expired(k, now, max_attempts)
 if maybe_complete(k, now) then
