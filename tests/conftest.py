@@ -105,7 +105,12 @@ def backend_url(request: pytest.FixtureRequest, name: str) -> str | None:
 async def make_table(
     request: pytest.FixtureRequest, name: str, **kw: object
 ) -> AsyncIterator[RedisTable]:
-    """A table under a fresh key prefix; its keys are deleted afterwards."""
+    """A table under a fresh key prefix; its keys are deleted afterwards. ``http`` is an
+    `HttpTable` through the real app over a real engine (see `http_table`)."""
+    if name == "http":
+        async with http_table(request, **kw) as t:
+            yield t
+        return
     prefix = f"ld2test-{uuid.uuid4().hex[:12]}"
     url = backend_url(request, name)
     if url is None:
@@ -122,6 +127,24 @@ async def make_table(
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def http_table(request: pytest.FixtureRequest, **kw: object) -> AsyncIterator[Any]:
+    """`HttpTable` through the real app (in-process ASGI) over a RedisTable on a real engine."""
+    import httpx
+
+    from ld2.api import create_app
+    from ld2.store.http import HttpTable
+
+    async with make_table(request, REAL_BACKENDS[0], **kw) as inner:
+        app = create_app(inner, curriculum_path=Path(str(uuid.uuid4())) / "unused.json")
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        table = HttpTable("http://ld2.test", transport=transport, retries=0)
+        try:
+            yield table
+        finally:
+            await table.close()
 
 
 @pytest.fixture(params=[*BACKENDS, "http"])
@@ -154,3 +177,65 @@ def backend(request: pytest.FixtureRequest) -> str:
 def real_backend(request: pytest.FixtureRequest) -> str:
     """A real engine's name (tests that need true concurrency or server memory figures)."""
     return str(request.param)
+
+
+# -- no process left behind ---------------------------------------------------------------------
+# Every process a test starts must be gone when the session ends: descendants of this pytest
+# process, and anything running from the session's temporary directory (an embedded Valkey of a
+# killed `ld2 run` is reparented away from us but still runs from its state directory there).
+
+_BASETEMP: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP.append(str(tmp_path_factory.getbasetemp()))
+
+
+def _proc(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, state, command line) of a live process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(fields[1]), fields[0], cmd
+
+
+def leftover_processes(root: int, marker: str | None) -> list[str]:
+    """Processes that descend from `root`, or whose command line names `marker`."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != root:
+            info = _proc(int(entry))
+            if info is not None and info[1] != "Z":
+                table[int(entry)] = info
+    out = []
+    for pid, (ppid, _, cmd) in table.items():
+        seen, up = 0, ppid
+        while up not in (root, 0, 1) and up in table and seen < 64:
+            up, seen = table[up][0], seen + 1
+        if "multiprocessing.resource_tracker" in cmd:
+            continue  # Python's own helper: it ends with the interpreter
+        if up == root or (marker and marker in cmd):
+            out.append(f"pid {pid}: {cmd[:300]}")
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    marker = _BASETEMP[0] if _BASETEMP else None
+    deadline = time.monotonic() + 10.0
+    left = leftover_processes(os.getpid(), marker)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = leftover_processes(os.getpid(), marker)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "processes left behind by the tests:\n  " + "\n  ".join(left)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        else:
+            print(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

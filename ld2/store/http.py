@@ -23,6 +23,7 @@ from ld2.core import results
 from ld2.core.errors import (
     BackendUnavailable,
     InvalidInput,
+    NameTaken,
     NotFound,
     StudyConflict,
     TrialRejected,
@@ -115,7 +116,12 @@ class HttpTable(Table):
     async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
         parse_study(registry)  # refuse locally what the server would refuse, with the same message
         body = m.StudyRegisterParam(study=registry, priority=priority).model_dump(mode="json")
-        return str((await self._json("POST", "/study/register", json=body))["study_id"])
+        try:
+            return str((await self._json("POST", "/study/register", json=body))["study_id"])
+        except InvalidInput as err:
+            if "already registered" in err.problem:  # lite_dist2 and ld2 say it in words
+                raise NameTaken("study.name", err.problem) from None
+            raise
 
     async def _summaries(self) -> list[m.StudySummary]:
         data = await self._json("GET", "/status")

@@ -89,6 +89,7 @@ class Worker:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.fatal: str | None = None  # why a local run had to stop (stop_on_mismatch)
         self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
+        self._worked_at = time.monotonic()  # --exit-when-idle: when a trial last computed
 
     def stop(self) -> None:
         """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
@@ -122,10 +123,10 @@ class Worker:
     async def _slot(self, k: int) -> None:
         caps = list(self.runners)
         res: Reservation | None = None
-        idle_since = time.monotonic()
+        self._worked_at = time.monotonic()
         limit = self.config.exit_when_idle
         while not self._stopping.is_set():
-            if limit is not None and time.monotonic() - idle_since >= limit:
+            if limit is not None and time.monotonic() - self._worked_at >= limit:
                 break
             if res is None:
                 res = await self._retry(
@@ -138,7 +139,6 @@ class Worker:
             if values is None:
                 res = None
                 continue
-            idle_since = time.monotonic()  # only work done counts against --exit-when-idle
             done = res
             size = self._size_for(done)
             try:
@@ -173,7 +173,7 @@ class Worker:
             return None
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        t0 = time.monotonic()
+        t0 = self._worked_at = time.monotonic()  # computing (even failing) is not being idle
         future = loop.run_in_executor(
             self._pool, _compute, run.name, res.spec, res.start, res.count
         )
@@ -200,6 +200,7 @@ class Worker:
             if isinstance(err, concurrent.futures.process.BrokenProcessPool):
                 self._pool = self._new_pool()  # a runner killed its process: start afresh
             self.stats.failures += 1
+            self._worked_at = time.monotonic()
             what = f"{type(err).__name__}: {err}"
             outcome = self._outcomes.setdefault(res.study_id, [0, 0])
             outcome[1] += 1
@@ -222,6 +223,7 @@ class Worker:
             await self._hand_back(res, what, "split")
             return None
         elapsed = time.monotonic() - t0
+        self._worked_at = time.monotonic()
         self._outcomes.setdefault(res.study_id, [0, 0])[0] += 1
         self.stats.trials += 1
         self.stats.points += res.count

@@ -37,7 +37,8 @@ def api_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        deadline = time.monotonic() + 60  # generous: a loaded 2-core machine starts slowly
+        while True:
             try:
                 if httpx.get(f"{url}/ping", timeout=0.5).status_code == 200:
                     break
@@ -45,6 +46,8 @@ def api_process(
                 time.sleep(0.05)
             if proc.poll() is not None:
                 raise AssertionError(proc.stderr.read().decode() if proc.stderr else "api exited")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ld2 api on {url} never answered /ping within 60 s")
         yield url
     finally:
         proc.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,9 +261,11 @@ def test_sigterm_hands_back_and_kill_9_is_reaped(
 ) -> None:
     env = {"LD2_REDIS_URL": private_redis_url or embedded_url}
     (tmp_path / "slowrunner.py").write_text(
-        "import time\nfrom ld2.worker.runners import runner\n"
+        "import time\nfrom pathlib import Path\nfrom ld2.worker.runners import runner\n"
         "@runner('slow-square', vectorized=True)\n"
-        "def slow_square(x):\n    time.sleep(0.5)\n    return x * x\n"
+        "def slow_square(x):\n"
+        f"    Path({str(tmp_path / 'computing')!r}).touch()\n"
+        "    time.sleep(0.5)\n    return x * x\n"
     )
     study = {
         "name": f"slow-{time.monotonic_ns()}",
@@ -291,12 +294,15 @@ def test_sigterm_hands_back_and_kill_9_is_reaped(
         "10",
     ]
     term = spawn(*args, env=env)
-    time.sleep(2.0)  # started: mid-trial
+    _wait_for_file(tmp_path / "computing", term)  # mid-trial
     term.send_signal(signal.SIGTERM)
     assert term.wait(10) == 0
-    assert "handed back" in term.stdout.read()  # type: ignore[union-attr]
+    summary = term.stdout.read()  # type: ignore[union-attr]
+    handed = re.search(r"(\d+) handed back", summary)
+    assert handed is not None and int(handed.group(1)) >= 1, summary
+    (tmp_path / "computing").unlink()
     killed = spawn(*args, env=env)
-    time.sleep(2.0)
+    _wait_for_file(tmp_path / "computing", killed)
     killed.kill()
     killed.wait()
     finisher = spawn(*args, "--exit-when-idle", "5", env={**env})
@@ -305,6 +311,15 @@ def test_sigterm_hands_back_and_kill_9_is_reaped(
     assert out.returncode == 0
     rows = list(csv.reader((tmp_path / "slow.csv").open()))[1:]
     assert [int(r[1]) for r in rows] == [x * x for x in range(60)]
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    """Wait until `path` exists (a runner marks that it computes), failing if `proc` died."""
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
 
 
 def test_examples_are_packaged_as_is() -> None:
