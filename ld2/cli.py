@@ -331,20 +331,28 @@ def status(
     api: ApiOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """A table of studies: status, done/total, velocity, ETA, workers."""
+    """A table of studies: status, done/total, velocity (last 30 s), ETA, live workers.
+
+    Workers count while they hold a lease that has not expired; the ETA is shown only while
+    some worker is live."""
 
     async def go() -> None:
         async with _table(redis, api, token) as table:
             while True:
                 states = [await _find(table, study)] if study else await table.list_studies()
-                progress = {p.study_id: p for p in (await table.progress(60)).progress_summaries}
+                progress = {p.study_id: p for p in (await table.progress(30)).progress_summaries}
                 grid = RichTable(
                     "study", "status", "done / total", "failed", "points/s", "ETA", "workers"
                 )
                 for s in states:
                     p = progress.get(s.study_id)
                     total = "∞" if s.total is None else f"{s.total:,}"
+                    live = s.live_workers
+                    if live is None:  # a lite_dist2 server: who sent results lately
+                        live = 0 if p is None else len(p.worker_efficiencies)
                     eta = "" if p is None or p.eta == "unpredictable" else str(p.eta)[:19]
+                    if not live or s.status != "running":
+                        eta = ""
                     grid.add_row(
                         Text(_safe(s.label)),
                         s.status,
@@ -352,7 +360,7 @@ def status(
                         f"{s.failed:,}",
                         "" if p is None else f"{p.grid_velocity:,.1f}",
                         eta,
-                        "" if p is None else str(len(p.worker_efficiencies)),
+                        str(live) if s.status != "done" else "",
                     )
                 if watch:
                     console.clear()

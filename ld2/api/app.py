@@ -16,16 +16,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from ld2 import __version__
 from ld2 import export as encode
-from ld2.api.security import DOCS_STATIC, BearerAuth, BodyLimit, declare_bearer
+from ld2.api.security import (
+    DOCS_STATIC,
+    BearerAuth,
+    BodyLimit,
+    StrictJsonRoute,
+    declare_bearer,
+    validation_errors,
+)
 from ld2.core import models as m
 from ld2.core.errors import (
     BackendUnavailable,
@@ -34,6 +44,7 @@ from ld2.core.errors import (
     StudyConflict,
     TrialRejected,
 )
+from ld2.core.subspace import jagged_points_json
 from ld2.store.base import FailMode, Reservation, StudyState, Table
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
@@ -93,6 +104,7 @@ class StudyInfo(BaseModel):
     hit_flat_index: int | None = None
     best_flat_index: int | None = None
     vector_length: int | None = None
+    live_workers: int | None = None
 
 
 class FailureModel(BaseModel):
@@ -136,6 +148,7 @@ def study_info(state: StudyState) -> StudyInfo:
         hit_flat_index=state.hit_flat,
         best_flat_index=state.best_flat,
         vector_length=state.vector_len,
+        live_workers=state.live_workers,
     )
 
 
@@ -186,6 +199,8 @@ def create_app(
         docs_url=None,  # our own /docs below: FastAPI's loads Swagger UI from a CDN
         redoc_url=None,
     )
+    app.router.route_class = StrictJsonRoute  # every endpoint below: no NaN, lone surrogate, …
+    app.add_exception_handler(RequestValidationError, validation_errors)
     _errors(app)
 
     # -- interactive docs, offline: Swagger UI from the installed swagger-ui-bundle-v2 ----------
@@ -247,7 +262,7 @@ def create_app(
         res = await T().reserve(
             param.retaining_capacity, param.max_size, param.worker_node_id, param.worker_node_name
         )
-        return _trial_reply(res)
+        return await _trial_reply(T(), res)
 
     @app.post("/trial/register", response_model=m.OkResponse, tags=["lite_dist2"])
     async def register_trial(param: m.TrialRegisterParam) -> m.OkResponse:
@@ -293,7 +308,7 @@ def create_app(
         _, nxt = await T().register_trial_and_reserve(
             param.trial, param.retaining_capacity, param.max_size, param.worker_node_name
         )
-        return _trial_reply(nxt)
+        return await _trial_reply(T(), nxt)
 
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
     async def reap() -> ReapResponse:
@@ -388,18 +403,83 @@ def create_app(
         """Load an ld2 snapshot or a lite_dist2 ``curriculum.json``; returns the new study ids."""
         return await T().import_snapshot(data)
 
+    # The last added runs first: auth from the headers alone, then the body limit and budget.
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     if token:
-        app.add_middleware(BearerAuth, token=token)
-    app.add_middleware(BodyLimit, limit=max_body_bytes)  # outermost: before auth and parsing
+        app.add_middleware(BearerAuth, token=token)  # outermost: no body byte read before it
     return app
 
 
-def _trial_reply(res: Reservation | None) -> Response:
-    """lite_dist2's reserve answer: 200 with the trial, or 202 ``{"trial": null}``."""
+async def _trial_reply(table: Table, res: Reservation | None) -> Response:
+    """lite_dist2's reserve answer: 200 with the trial, or 202 ``{"trial": null}``.
+
+    A trial whose answer cannot be built or delivered is released at once (`TrialResponse`):
+    no lease stays behind for a reply that was never sent.
+    """
     if res is None:
         return JSONResponse({"trial": None}, status_code=202)
-    body = m.TrialReserveResponse(trial=res.to_wire()).model_dump_json()
-    return Response(body, media_type="application/json")
+    try:
+        if res.spec.jagged:  # long text to write: off the event loop
+            body = await anyio.to_thread.run_sync(_trial_body, res)
+        else:
+            body = _trial_body(res)
+    except BaseException:
+        await _release(table, res, "the reserve answer could not be built")
+        raise
+    return TrialResponse(body, table, res)
+
+
+_NO_POINTS = b'"parameters":[],"ambient_indices":[]'
+
+
+def _trial_body(res: Reservation) -> bytes:
+    """The reserve answer: exactly pydantic's JSON of `TrialReserveResponse`, but a jagged
+    trial's point lists are written as text straight from the grid (`jagged_points_json`), not
+    as a model with Python objects per point (10⁶ points took ~10 s and ~1 GB that way)."""
+    body = m.TrialReserveResponse(trial=res.to_wire(points=False)).model_dump_json().encode()
+    if not res.spec.jagged:
+        return body
+    # the last occurrence is the trial's space: later fields are literals, nulls and strings
+    # (in which a quote is escaped)
+    at = body.rindex(_NO_POINTS)
+    params, indices = jagged_points_json(res.spec.space, res.start, res.count)
+    head, tail = body[:at], body[at + len(_NO_POINTS) :]
+    return b"".join(
+        [head, b'"parameters":[', *params, b'],"ambient_indices":[', *indices, b"]", tail]
+    )
+
+
+class TrialResponse(Response):
+    """A reserve answer that hands its trial back (``release``: no attempt counted) when the
+    client is gone before it is sent or sending fails. A client that vanishes once the bytes
+    left is not seen by any server; its lease expires as usual."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, table: Table, res: Reservation) -> None:
+        super().__init__(body)
+        self.table = table
+        self.res = res
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if await Request(scope, receive).is_disconnected():
+                log.info("client gone before trial %s was sent: released", self.res.trial_id)
+                await _release(self.table, self.res, "the client disconnected")
+                return
+            await super().__call__(scope, receive, send)
+        except BaseException:
+            await _release(self.table, self.res, "the reserve answer could not be sent")
+            raise
+
+
+async def _release(table: Table, res: Reservation, why: str) -> None:
+    """Hand a trial back at once (also when the request is being cancelled)."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await table.fail(res.trial_id, res.worker_id, why, mode="release")
+        except Exception:  # then the lease simply expires
+            log.exception("could not release trial %s", res.trial_id)
 
 
 async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:

@@ -17,8 +17,9 @@ import numpy as np
 from ld2.core import models as m
 from ld2.core.errors import NameTaken, NotFound, StudyConflict
 from ld2.core.identity import differences
+from ld2.core.planning import MAX_JAGGED_REPLY_BYTES, MAX_TRIAL_POINTS, check_max_size
 from ld2.core.study import StudySpec, parse_study
-from ld2.core.subspace import space_to_wire, trial_space
+from ld2.core.subspace import jagged_point_bytes, space_to_wire, trial_space
 
 Status = Literal["wait", "running", "paused", "done"]
 Outcome = Literal["ok", "ignored"]
@@ -30,6 +31,17 @@ that only points failing on their own are quarantined) or `quarantine` (cannot e
 
 MAX_TOTAL = 2**53
 """Largest finite study: flat indices stay exact inside Redis's Lua (doubles)."""
+
+
+def clamp_max_size(spec: StudySpec, max_size: int) -> int:
+    """`max_size` within what one reservation of this study may hold (clamped, not refused):
+    at most `MAX_TRIAL_POINTS` points, and for a jagged study, whose wire form lists every point,
+    no more than fit in `MAX_JAGGED_REPLY_BYTES` of point lists."""
+    check_max_size(max_size)
+    limit = MAX_TRIAL_POINTS
+    if spec.jagged:
+        limit = min(limit, max(1, MAX_JAGGED_REPLY_BYTES // jagged_point_bytes(spec.space)))
+    return min(max_size, limit)
 
 
 def from_ms(ms: int | None) -> datetime | None:
@@ -61,15 +73,20 @@ class Reservation(TrialRef):
         """Per-axis value arrays of the trial's points (what a vectorised runner receives)."""
         return self.spec.space.arrays(self.start, self.count)
 
-    def to_wire(self) -> m.TrialModel:
+    def to_wire(self, *, points: bool = True) -> m.TrialModel:
+        """lite_dist2's model of the trial; ``points=False`` leaves a jagged trial's point lists
+        empty (the API writes them as JSON text, see `ld2.core.subspace.jagged_points_json`)."""
         reg = self.spec.registry
+        space = trial_space(
+            self.spec.space, self.start, self.count, self.spec.jagged, points=points
+        )
         return m.TrialModel(
             study_id=self.study_id,
             trial_id=self.trial_id,
             reserved_timestamp=self.reserved_at,
             trial_status="running",
             const_param=reg.const_param,
-            parameter_space=trial_space(self.spec.space, self.start, self.count, self.spec.jagged),
+            parameter_space=space,
             result_type=reg.result_type,
             result_value_type=reg.result_value_type,
             worker_node_name=self.worker_name,
@@ -94,6 +111,7 @@ class StudyState:
     hit_flat: int | None = None
     best_flat: int | None = None
     vector_len: int | None = None
+    live_workers: int | None = None  # workers holding a lease that has not expired (None: unknown)
 
     @property
     def total(self) -> int | None:

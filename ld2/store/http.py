@@ -167,6 +167,7 @@ class HttpTable(Table):
             hit_flat=data.get("hit_flat_index"),
             best_flat=data.get("best_flat_index"),
             vector_len=data.get("vector_length"),
+            live_workers=data.get("live_workers"),
         )
 
     def _from_summary(self, s: m.StudySummary) -> StudyState:

@@ -50,11 +50,14 @@ from ld2.store.base import (
     StudyState,
     Table,
     TrialRef,
+    clamp_max_size,
     from_ms,
 )
 
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
-_SCRIPTS = ("heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name")
+_SCRIPTS = (
+    "heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name", "live",
+)  # fmt: skip
 _BODIES = ("reserve", "register")  # also used as functions by cycle.lua
 DEFAULT_TIMEOUT_S = 600
 DEFAULT_MAX_ATTEMPTS = 3
@@ -283,7 +286,12 @@ class RedisTable(Table):
             raise NotFound(f"Study not found: name={name}")
         return claim.partition("|")[0]
 
-    def _state(self, sid: str, h: dict[bytes, bytes], spec: StudySpec) -> StudyState:
+    async def _lease_holders(self, sid: str) -> int:
+        return int(await self._call("live", self.study_keys(sid)[:4], []))
+
+    def _state(
+        self, sid: str, h: dict[bytes, bytes], spec: StudySpec, live: int | None = None
+    ) -> StudyState:
         def num(key: str) -> int | None:
             v = h.get(key.encode())
             return None if v is None else int(v)
@@ -303,6 +311,7 @@ class RedisTable(Table):
             hit_flat=num("hit_flat"),
             best_flat=num("best_flat"),
             vector_len=vlen or None,
+            live_workers=live,
         )
 
     async def get_study(self, study_id: str | None = None, name: str | None = None) -> StudyState:
@@ -310,7 +319,7 @@ class RedisTable(Table):
         h = await self.client.hgetall(self.study_keys(sid)[0])
         if not h:
             raise NotFound(f"Study not found: study_id={sid}")
-        return self._state(sid, h, await self._spec(sid))
+        return self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
 
     async def list_studies(self) -> list[StudyState]:
         sids = [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]
@@ -319,7 +328,7 @@ class RedisTable(Table):
                 pipe.hgetall(self.study_keys(sid)[0])
             hashes = await pipe.execute()
         states = [
-            self._state(sid, h, await self._spec(sid))
+            self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
             for sid, h in zip(sids, hashes, strict=True)
             if h
         ]
@@ -435,7 +444,11 @@ class RedisTable(Table):
             for sid, caps in list(self._index):
                 if not caps <= retained:
                     continue
-                got = await self._reserve_in(sid, max_size, worker_id, worker_name)
+                try:
+                    size = clamp_max_size(await self._spec(sid), max_size)
+                except NotFound:  # gone meanwhile: the script says so and the index forgets it
+                    size = max_size
+                got = await self._reserve_in(sid, size, worker_id, worker_name)
                 if got is not None:
                     return got
             if fresh or attempt:
@@ -584,7 +597,7 @@ class RedisTable(Table):
         max_size: int,
         worker_name: str | None,
     ) -> tuple[Outcome, Reservation | None]:
-        check_max_size(max_size)
+        size = clamp_max_size(spec, max_size)  # this study's limit; another's may differ
         if time.monotonic() - self._index_at > self.index_ttl:
             await self._refresh_index()
         retained = frozenset(capacities)
@@ -595,7 +608,7 @@ class RedisTable(Table):
         args = [
             *self._register_args(spec, trial, typed),
             trial.study_id,
-            max_size,
+            size,
             _clean(trial.worker_id),
             _clean(worker_name),
             self._live_workers,

@@ -148,3 +148,26 @@ async def test_fair_share_caps_a_trial_at_the_points_left_over_twice_the_workers
         await table.register(res, np.zeros(res.count, dtype=np.int64))
         nxt = await table.reserve([], 10**6, "w1")
         assert nxt is not None and nxt.count == 375  # 1500 / 4
+
+
+async def test_live_workers_are_those_holding_an_unexpired_lease(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    import asyncio
+    import time
+
+    from tests.conftest import make_table
+
+    async with make_table(request, backend, trial_timeout=0.5) as table:
+        sid = await table.register_study(registry([int_axis("x", 100)], name="live"))
+        assert (await table.get_study(sid)).live_workers == 0
+        a = await table.reserve([], 10, "w1")
+        await table.reserve([], 10, "w2")
+        await table.reserve([], 10, "w2")
+        assert a is not None
+        assert (await table.get_study(sid)).live_workers == 2
+        assert [s.live_workers for s in await table.list_studies()] == [2]
+        deadline = time.monotonic() + 30
+        while (await table.get_study(sid)).live_workers != 0:  # both die: their leases expire
+            assert time.monotonic() < deadline, "leases never expired"
+            await asyncio.sleep(0.05)
