@@ -1,18 +1,32 @@
-"""ASGI middlewares: bearer-token auth and a request-body limit.
+"""Hostile input: bearer-token auth, a request-body limit and budget, strict JSON bodies.
 
-Both answer with a small JSON body and never reach the app, so a refused request changes
-nothing and costs almost nothing. `declare_bearer` puts the token's scheme into the OpenAPI
+The middlewares answer with a small JSON body and never reach the app, so a refused request
+changes nothing and costs almost nothing. `BearerAuth` must wrap `BodyLimit` (see the end of
+`create_app`): it decides from the headers alone, so an unauthorised request is answered
+before any byte of its body is read. `BodyLimit` then buffers bodies within a server-wide
+`ByteBudget`. `StrictJsonRoute` parses JSON bodies with `parse_json`, which refuses what
+Python's json module lets through (``NaN``, ``Infinity``, ``1e999``, lone surrogates, …) as
+FastAPI's 422 ``json_invalid``. `declare_bearer` puts the token's scheme into the OpenAPI
 document; the docs page, its assets and the schema stay open (`is_open`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-from collections.abc import Callable
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_STATIC = "/docs/static"
@@ -80,43 +94,115 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, declared or streamed.
+BUDGET_FACTOR = 4
+"""The default `ByteBudget`: this many request bodies of the largest size, at once."""
+BUDGET_WAIT = 5.0
+"""How long (s) a body waits for room in the budget before it is refused with 503."""
+RETRY_AFTER = 1
+"""The ``Retry-After`` (s) of that 503."""
 
-    The body is read here first (the app would buffer it anyway) and replayed to the app, so
-    an oversized upload is cut off before any handler runs.
+
+class ByteBudget:
+    """Request-body bytes buffered at once, across all the requests of this process.
+
+    `take` waits (up to `wait` seconds) until the bytes fit; `give` hands them back. A body
+    holds its bytes from the moment they are read until its response has been sent, since the
+    app's parsed copy of it lives that long.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._freed: asyncio.Event | None = None  # set (and dropped) whenever bytes come back
+
+    async def take(self, n: int, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while self.used + n > self.total:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._freed.wait(), left)
+            except TimeoutError:
+                return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        if n:
+            self.used -= n
+            if self._freed is not None:
+                self._freed.set()
+                self._freed = None
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, declared or streamed, and keep the
+    bytes buffered at once within `budget` (default `BUDGET_FACTOR` × `limit`).
+
+    The body is read here first (the app would buffer it anyway) and replayed to the app, so
+    an oversized upload is cut off before any handler runs. Each body's bytes are taken from
+    the budget as they arrive (a declared ``Content-Length`` all at once, before any byte is
+    read) and given back once the app has answered. A body that finds no room waits up to
+    `wait` seconds without reading on (the client is held back by TCP), then gets 503 with
+    ``Retry-After``. As one body never exceeds `limit` ≤ `budget`, every body fits eventually.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, budget: int | None = None, wait: float = BUDGET_WAIT
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.budget = ByteBudget(BUDGET_FACTOR * limit if budget is None else budget)
+        if self.budget.total < limit:
+            raise ValueError(f"body budget {self.budget.total} < body limit {limit}")
+        self.wait = wait
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body larger than {self.limit} bytes"
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _reply(send, 413, message, [])
-            return
-        parts: list[bytes] = []
-        seen = 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                await self.app(scope, _replay([msg], receive), send)
-                return
-            chunk = msg.get("body", b"")
-            seen += len(chunk)
-            if seen > self.limit:
-                await _reply(send, 413, message, [])
-                return
-            parts.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body: Message = {"type": "http.request", "body": b"".join(parts), "more_body": False}
-        await self.app(scope, _replay([body], receive), send)
+        too_big = f"request body larger than {self.limit} bytes"
+        busy = "too many request bodies in flight; retry later"
+        retry = [(b"retry-after", str(RETRY_AFTER).encode())]
+        held = 0  # bytes taken from the budget, given back once the app has answered
+        try:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit():
+                if int(declared) > self.limit:
+                    await _reply(send, 413, too_big, [])
+                    return
+                if not await self.budget.take(int(declared), self.wait):
+                    await _reply(send, 503, busy, retry)
+                    return
+                held = int(declared)
+            parts: list[bytes] = []
+            seen = 0
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    await self.app(scope, _replay([msg], receive), send)
+                    return
+                chunk = msg.get("body", b"")
+                seen += len(chunk)
+                if seen > self.limit:
+                    await _reply(send, 413, too_big, [])
+                    return
+                if seen > held:
+                    if not await self.budget.take(seen - held, self.wait):
+                        await _reply(send, 503, busy, retry)
+                        return
+                    held = seen
+                parts.append(chunk)
+                if not msg.get("more_body", False):
+                    break
+            body: Message = {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            parts.clear()
+            await self.app(scope, _replay([body], receive), send)
+        finally:
+            self.budget.give(held)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
@@ -126,6 +212,126 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+# -- strict JSON bodies ----------------------------------------------------------------------
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""An escape that may make a lone surrogate (a raw one is no valid UTF-8); rare in real bodies."""
+_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|NaN|-?Infinity|-?[0-9][0-9.eE+-]*')
+"""The strings, numbers and non-standard constants of a JSON text, in order."""
+
+
+class _Refused(ValueError):
+    """A literal that `parse_json` refuses, raised from the json module's hooks."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise _Refused("number out of range")
+    return value
+
+
+def _is_unicode(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refusal(text: str) -> tuple[int, str] | None:
+    """The first literal of the JSON `text` that `parse_json` refuses: where, and why."""
+    for found in _LITERAL.finditer(text):
+        literal = found.group()
+        if literal[0] == '"':
+            if _SURROGATE_ESCAPE.search(literal) and not _is_unicode(json.loads(literal)):
+                return found.start(), "lone surrogate in a string (not valid Unicode)"
+        elif literal in ("NaN", "Infinity", "-Infinity"):
+            return found.start(), f"{literal} is not valid JSON"
+        elif literal.lstrip("-").isdigit():
+            if 0 < sys.get_int_max_str_digits() < len(literal.lstrip("-")):  # int() refuses
+                return found.start(), "number out of range"
+        elif _is_number(literal) and math.isinf(float(literal)):
+            return found.start(), "number out of range"
+    return None
+
+
+def _is_number(literal: str) -> bool:
+    try:
+        float(literal)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON, like Starlette's `Request.json`, but strict.
+
+    Python's json module takes ``NaN``, ``Infinity`` and ``-Infinity``, reads ``1e999`` as
+    infinity and lets lone surrogates (``"\\ud800"``, or raw in a body it decodes with
+    ``surrogatepass``) into strings, none of which is JSON or can be stored or answered. Those,
+    integers over 4300 digits, text that is not in its encoding and nesting too deep for the
+    parser are a `json.JSONDecodeError`, which FastAPI answers with 422 ``json_invalid`` (the
+    ``loc`` gives the offending literal's position) before the endpoint runs.
+    """
+    encoding = json.detect_encoding(body)
+    try:
+        text = body.decode(encoding)  # strict, unlike json.loads(bytes)
+    except UnicodeDecodeError as err:
+        raise json.JSONDecodeError(f"not valid {encoding}", "", err.start) from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError as err:  # a hook's _Refused, or an integer too long for int()
+        pos, why = _refusal(text) or (0, str(err))
+        raise json.JSONDecodeError(why, text, pos) from None
+    if _SURROGATE_ESCAPE.search(text) and (found := _refusal(text)) is not None:
+        raise json.JSONDecodeError(found[1], text, found[0])
+    return data
+
+
+class StrictJsonRequest(Request):
+    """A `Request` whose `json` is `parse_json`."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+async def validation_errors(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 answer, but one that always renders: a body handed to the schema as
+    raw bytes (sent with a content type other than JSON) is echoed with bad UTF-8 replaced
+    rather than failing as a 500."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: _lenient_text})
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class StrictJsonRoute(APIRoute):
+    """An `APIRoute` whose endpoint reads its JSON body with `parse_json`; set as the app's
+    ``router.route_class`` before any route is declared, it covers every endpoint."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict
 
 
 def declare_bearer(app: FastAPI) -> None:

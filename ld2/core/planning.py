@@ -19,6 +19,20 @@ def uses_jagged(space: Space, strict_aligned: bool) -> bool:
     return not strict_aligned and space.dim >= 2
 
 
+MAX_TRIAL_POINTS = 10_000_000
+"""Most points one reservation holds, whatever ``max_size`` asks: a larger request is clamped,
+not refused (lite_dist2 workers send big numbers). ld2's own workers never ask for more
+(``--max-size auto`` stops at the same 10⁷). An aligned reply does not grow with it, but the
+trial's results do: 80 MB as float64, well inside one Redis value (512 MB) and a worker's
+memory; much more would not be."""
+
+MAX_JAGGED_REPLY_BYTES = 4 * 1024 * 1024
+"""Budget for a jagged trial's point lists on the wire: the reply lists every point's values and
+indices, so a trial holds at most the points that fit in 4 MiB by the study's per-point bound
+(`ld2.core.subspace.jagged_point_bytes`): about 55,000 with two float axes of 10⁴ points,
+12,000 with ten axes. Enough to amortise a round trip; small enough to build in ~50 ms."""
+
+
 def check_max_size(max_size: int, field: str = "max_size") -> None:
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise InvalidInput(field, f"must be a positive integer, got {max_size!r}")

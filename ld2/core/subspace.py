@@ -69,27 +69,105 @@ def space_to_wire(space: Space) -> ParameterAlignedSpaceModel:
 
 
 def trial_space(
-    space: Space, start: int, count: int, jagged: bool
+    space: Space, start: int, count: int, jagged: bool, *, points: bool = True
 ) -> ParameterAlignedSpaceModel | ParameterJaggedSpaceModel:
-    """The wire model of the trial covering the flat range ``[start, start+count)``."""
+    """The wire model of the trial covering the flat range ``[start, start+count)``.
+
+    ``points=False`` leaves a jagged trial's point lists empty, for a writer that fills them in
+    as JSON text (`jagged_points_json`).
+    """
     if not jagged:
         box = box_of(space, start, count)
         return ParameterAlignedSpaceModel(
             axes=[_segment(a, i, n) for a, (i, n) in zip(space.axes, box, strict=True)],
             check_lower_filling=True,
         )
-    indices = space.axis_indices(start, count)
-    values = space.arrays(start, count)
-    columns_v = [
-        [portable.encode(v, a.kind) for v in vals.tolist()]
-        for a, vals in zip(space.axes, values, strict=True)
-    ]
-    columns_i = [[hex(i) for i in idx.tolist()] for idx in indices]
-    return ParameterJaggedSpaceModel(
-        parameters=[list(row) for row in zip(*columns_v, strict=True)],
-        ambient_indices=[list(row) for row in zip(*columns_i, strict=True)],
-        axes_info=[_segment(a, 0, None, dummy=True) for a in space.axes],
+    axes_info = [_segment(a, 0, None, dummy=True) for a in space.axes]
+    if not points:
+        return ParameterJaggedSpaceModel(parameters=[], ambient_indices=[], axes_info=axes_info)
+    values, indices = _columns(space, start, count, json_text=False)
+    # our own encoding of grid points: not checked point by point again (seconds per 10⁶ points)
+    return ParameterJaggedSpaceModel.model_construct(
+        parameters=[list(row) for row in zip(*values, strict=True)],
+        ambient_indices=[list(row) for row in zip(*indices, strict=True)],
+        axes_info=axes_info,
     )
+
+
+JSON_CHUNK = 8192
+"""Points `jagged_points_json` encodes at a time."""
+
+_FLOAT_CELL = len('"-0x1.fffffffffffffp-1022"')  # the longest float.hex(), quoted
+_LAST_FLAT = 2**53  # no flat index beyond it is ever issued (the store's Lua has doubles)
+
+
+def jagged_point_bytes(space: Space) -> int:
+    """An upper bound on the JSON bytes one point adds to a jagged trial's wire form.
+
+    A point is a row ``[v₁,…,v_d],`` in ``parameters`` and a row ``["0x…",…],`` in
+    ``ambient_indices``. An int axis's longest value is at one of its ends; a float takes at most
+    24 characters, a bool ``false``.
+    """
+    total = 2 * (space.dim + 2)  # brackets, commas between cells and after the rows
+    for axis, stride in zip(space.axes, space.strides, strict=True):
+        last = _LAST_FLAT // stride if axis.size is None else axis.size - 1
+        if axis.kind == "float":
+            value = _FLOAT_CELL
+        elif axis.kind == "int":
+            value = 2 + max(len(hex(int(axis.value(0)))), len(hex(int(axis.value(last)))))
+        else:
+            value = len("false")
+        total += value + 2 + len(hex(last))
+    return total
+
+
+def jagged_points_json(space: Space, start: int, count: int) -> tuple[list[bytes], list[bytes]]:
+    """The items of a jagged trial's ``parameters`` and ``ambient_indices`` as compact JSON.
+
+    Joined, each list of pieces is byte for byte what pydantic writes between the brackets of
+    that field of `trial_space`'s model, but built `JSON_CHUNK` points at a time with each
+    distinct value encoded once: no Python object per point outlives its chunk.
+    """
+    row = "[" + ",".join(["{}"] * space.dim) + "]"
+    params: list[bytes] = []
+    indices: list[bytes] = []
+    for offset in range(0, count, JSON_CHUNK):
+        values, idx = _columns(space, start + offset, min(JSON_CHUNK, count - offset), True)
+        sep = "," if offset else ""
+        params.append((sep + ",".join(map(row.format, *values))).encode("ascii"))
+        indices.append((sep + ",".join(map(row.format, *idx))).encode("ascii"))
+    return params, indices
+
+
+def _columns(
+    space: Space, start: int, count: int, json_text: bool
+) -> tuple[list[list[portable.Portable]], list[list[str]]]:
+    """Per-axis columns of the points' portable values and hex indices (as JSON text when
+    `json_text`). Each distinct value is encoded once and shared by the points that have it."""
+    values: list[list[portable.Portable]] = []
+    indices: list[list[str]] = []
+    for axis, idx in zip(space.axes, space.axis_indices(start, count), strict=True):
+        distinct, inverse = np.unique(idx, return_inverse=True)
+        encoded = [portable.encode(v, axis.kind) for v in axis.values(distinct).tolist()]
+        hexes = [hex(i) for i in distinct.tolist()]
+        if json_text:
+            encoded = [_json_cell(v) for v in encoded]
+            hexes = [f'"{h}"' for h in hexes]
+        values.append(_objects(encoded)[inverse].tolist())
+        indices.append(_objects(hexes)[inverse].tolist())
+    return values, indices
+
+
+def _json_cell(value: portable.Portable) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"'  # hex digits, ".", "p", "+", "-", "inf", "nan": nothing to escape
+
+
+def _objects(items: Sequence[object]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _check_axis_info(space: Space, segs: Sequence[LineSegmentModel], field: str) -> None:
