@@ -4,20 +4,32 @@ Each of `processes` slots runs its own reserve → compute → register loop, so
 busy. While a trial computes its lease is extended; a "stop" answer (solved elsewhere,
 cancelled, reissued) abandons it. Runner exceptions are reported as trial failures; Redis or
 network errors are retried with backoff; on stop (SIGTERM/SIGINT) unfinished trials are handed
-back at once without counting an attempt.
+back at once without counting an attempt, and the pool's processes are ended.
+
+Compute processes die with the worker: they take the default SIGTERM (so ending them works),
+ignore SIGINT (Ctrl-C reaches the whole process group; the worker decides) and, on Linux, are
+killed by the kernel when the worker dies (PR_SET_PDEATHSIG), even by SIGKILL. A computation
+longer than the trial limit (`--trial-limit`, else `LIMIT_FACTOR` times what this worker's
+average predicts, at least `LIMIT_FLOOR`) has its process ended and fails the trial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import random
+import signal
 import socket
+import sys
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,6 +50,17 @@ SYSTEMATIC = 32
 """Failed trials of a study, with not one success, after which this worker stops halving them
 and quarantines its trials whole: every trial failing is a broken runner, not bad points (the
 halving towards one bad point fails at most log2(trial size) + attempts times in a row)."""
+LIMIT_FACTOR = 20.0
+"""Without --trial-limit, a trial may compute this many times as long as this worker's running
+average for the study and runner (seconds per point, times the trial's points) predicts..."""
+LIMIT_FLOOR = 60.0
+"""...but never less than this many seconds (short trials vary a lot)..."""
+FIRST_LIMIT = 600.0
+"""...and, before this worker has computed a trial of the study with that runner (nothing to
+average), this many seconds."""
+GRACE = 1.0
+"""Seconds a compute process has to end after SIGTERM before it is sent SIGKILL."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -52,6 +75,7 @@ class WorkerConfig:
     heartbeat_every: float = 10.0
     imports: Sequence[str] = ()
     stop_on_mismatch: bool = False  # a local run: a runner that cannot be called ends it
+    trial_limit: float | None = None  # seconds a trial may compute; None: see LIMIT_FACTOR
 
 
 @dataclass
@@ -66,7 +90,20 @@ class WorkerStats:
     durations: list[float] = field(default_factory=list)  # compute seconds of each trial
 
 
-def _init_child(imports: Sequence[str]) -> None:
+def _init_child(imports: Sequence[str], parent: int) -> None:
+    """Runs first in each pool process (forked from the worker, with its signal handlers)."""
+    signal.set_wakeup_fd(-1)  # the worker's event loop's, inherited
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends a computation
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the worker decides
+    if sys.platform == "linux":
+        # SIGKILL when the thread that forked this process ends: the worker's main thread (the
+        # event loop's, which submits; ProcessPoolExecutor forks all its processes then), so
+        # when the worker exits or is killed
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # the worker died before the prctl: no signal will come
+        os._exit(1)
     runners.load(imports)
 
 
@@ -90,6 +127,9 @@ class Worker:
         self.fatal: str | None = None  # why a local run had to stop (stop_on_mismatch)
         self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
         self._worked_at = time.monotonic()  # --exit-when-idle: when a trial last computed
+        self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
+        # pools ended on purpose (a trial over its limit): their other trials are recomputed
+        self._ended: weakref.WeakSet[concurrent.futures.ProcessPoolExecutor] = weakref.WeakSet()
 
     def stop(self) -> None:
         """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
@@ -101,24 +141,38 @@ class Worker:
             max_workers=self.config.processes,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_child,
-            initargs=(tuple(self.config.imports),),
+            initargs=(tuple(self.config.imports), os.getpid()),
         )
 
     async def run(self) -> WorkerStats:
         self._pool = self._new_pool()
         t0 = time.monotonic()
+        ender = asyncio.create_task(self._end_on_stop())
         try:
             await asyncio.gather(*(self._slot(k) for k in range(self.config.processes)))
         finally:
-            # a computation of a handed-back trial must not outlive the worker: end the pool's
-            # processes (ProcessPoolExecutor has no public way to until Python 3.14)
-            procs = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                if proc.is_alive():
-                    proc.terminate()
+            if self._stopping.is_set():
+                await ender  # it ends the pool's processes (within GRACE)
+            else:  # idle, or an error: end them here (run() may be called again)
+                ender.cancel()
+                await _end_pool(self._pool)
             self.stats.seconds = time.monotonic() - t0
         return self.stats
+
+    async def _end_on_stop(self) -> None:
+        """On stop, end the pool's processes at once, while the slots hand their trials back:
+        a computation of a handed-back trial must not outlive the worker."""
+        await self._stopping.wait()
+        assert self._pool is not None
+        await _end_pool(self._pool)
+
+    def _replace_pool(self, pool: concurrent.futures.ProcessPoolExecutor) -> bool:
+        """A fresh pool instead of `pool` (broken or to be ended), unless another slot has already
+        replaced it: one rebuild, however many slots see it broken."""
+        if self._pool is not pool or self._stopping.is_set():
+            return False
+        self._pool = self._new_pool()
+        return True
 
     async def _slot(self, k: int) -> None:
         caps = list(self.runners)
@@ -171,60 +225,74 @@ class Worker:
                 self.fatal = mismatch
                 self.stop()
             return None
-        assert self._pool is not None
         loop = asyncio.get_running_loop()
-        t0 = self._worked_at = time.monotonic()  # computing (even failing) is not being idle
-        future = loop.run_in_executor(
-            self._pool, _compute, run.name, res.spec, res.start, res.count
-        )
+        limit = self._limit_for(res)
         lease = asyncio.create_task(self._keep_lease(res))
         stop = asyncio.create_task(self._stopping.wait())
-        waiting: set[asyncio.Future[Any]] = {future, lease, stop}
+        pool = self._pool
+        future: asyncio.Future[np.ndarray] | None = None
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            while not self._stopping.is_set():  # (it may have come with the reservation)
+                pool = self._pool
+                assert pool is not None
+                t0 = self._worked_at = time.monotonic()  # computing (even failing) is not idle
+                try:
+                    future = loop.run_in_executor(
+                        pool, _compute, run.name, res.spec, res.start, res.count
+                    )
+                except concurrent.futures.process.BrokenProcessPool:
+                    self._replace_pool(pool)  # broken before a slot has seen it
+                    continue
+                waiting: set[asyncio.Future[Any]] = {future, lease, stop}
+                await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+                if pool in self._ended and _broken(future) and not self._stopping.is_set():
+                    log.info("trial %s: computed again in a fresh pool", res.trial_id)
+                    continue  # another trial's process was ended: this one is not at fault
+                break
         finally:
             lease.cancel()
             stop.cancel()
+        if (
+            future is None
+            or future.cancelled()  # its pool ended before it started: not this trial's fault
+            or (self._stopping.is_set() and (not future.done() or _broken(future)))
+        ):
+            if future is not None:
+                future.cancel()  # (the computation itself is ended with the pool)
+            await self._hand_back(res, "worker stopped", "release")
+            self.stats.handed_back += 1
+            return None
         if not future.done():
             future.cancel()
-            if self._stopping.is_set():
-                await self._hand_back(res, "worker stopped", "release")
-                self.stats.handed_back += 1
-            else:
+            if lease.done():
                 log.info("trial %s abandoned: the table answered stop", res.trial_id)
                 self.stats.abandoned += 1
+                return None
+            # over the limit: a hung runner must not hold its range (heartbeats renew it)
+            log.warning(
+                "trial %s: computation exceeded %.1f s; ending its process and restarting the "
+                "pool (--trial-limit sets the limit)", res.trial_id, limit,
+            )  # fmt: skip
+            assert pool is not None
+            self._ended.add(pool)  # before any await: its other trials are computed again
+            self._replace_pool(pool)
+            await _end_pool(pool)
+            await self._failed(res, f"TrialTimeout: computation exceeded {limit:.1f} s")
             return None
         try:
             values = future.result()
         except Exception as err:  # the runner's own error: a failure of this trial
             if isinstance(err, concurrent.futures.process.BrokenProcessPool):
-                self._pool = self._new_pool()  # a runner killed its process: start afresh
-            self.stats.failures += 1
-            self._worked_at = time.monotonic()
-            what = f"{type(err).__name__}: {err}"
-            outcome = self._outcomes.setdefault(res.study_id, [0, 0])
-            outcome[1] += 1
-            if outcome[0] == 0 and outcome[1] >= SYSTEMATIC:
-                if outcome[1] == SYSTEMATIC:
-                    log.error(
-                        "study %s: %d trials failed and none succeeded (%s); its trials are "
-                        "now quarantined whole: fix the runner, then `ld2 retry`",
-                        res.spec.name or res.study_id, outcome[1], what,
-                    )  # fmt: skip
-                await self._hand_back(res, what, "quarantine")
-                return None
-            if res.count > 1:
-                log.warning(
-                    "trial %s (%d points) failed: %s; its halves are retried to find the "
-                    "failing points", res.trial_id, res.count, what,
-                )  # fmt: skip
-            else:
-                log.warning("point %d of study %s failed: %s", res.start, res.study_id, what)
-            await self._hand_back(res, what, "split")
+                assert pool is not None
+                self._replace_pool(pool)  # a runner killed its process: start afresh
+            await self._failed(res, f"{type(err).__name__}: {err}")
             return None
         elapsed = time.monotonic() - t0
         self._worked_at = time.monotonic()
         self._outcomes.setdefault(res.study_id, [0, 0])[0] += 1
+        timing = self._timing.setdefault(self._key(res), [0.0, 0.0])
+        timing[0] += elapsed
+        timing[1] += res.count
         self.stats.trials += 1
         self.stats.points += res.count
         self.stats.sizes.append(res.count)
@@ -238,6 +306,41 @@ class Worker:
         )
         self._adapt(res, elapsed)
         return values
+
+    async def _failed(self, res: Reservation, what: str) -> None:
+        """The trial failed (its runner raised, crashed or overran the limit): hand it back."""
+        self.stats.failures += 1
+        self._worked_at = time.monotonic()
+        outcome = self._outcomes.setdefault(res.study_id, [0, 0])
+        outcome[1] += 1
+        if outcome[0] == 0 and outcome[1] >= SYSTEMATIC:
+            if outcome[1] == SYSTEMATIC:
+                log.error(
+                    "study %s: %d trials failed and none succeeded (%s); its trials are "
+                    "now quarantined whole: fix the runner, then `ld2 retry`",
+                    res.spec.name or res.study_id, outcome[1], what,
+                )  # fmt: skip
+            await self._hand_back(res, what, "quarantine")
+            return
+        if res.count > 1:
+            log.warning(
+                "trial %s (%d points) failed: %s; its halves are retried to find the "
+                "failing points", res.trial_id, res.count, what,
+            )  # fmt: skip
+        else:
+            log.warning("point %d of study %s failed: %s", res.start, res.study_id, what)
+        await self._hand_back(res, what, "split")
+
+    def _limit_for(self, res: Reservation) -> float:
+        """Seconds the trial may compute: --trial-limit, else LIMIT_FACTOR times what this
+        worker's running average for the study and runner predicts for its points (at least
+        LIMIT_FLOOR), else (no trial computed yet) FIRST_LIMIT."""
+        if self.config.trial_limit is not None:
+            return self.config.trial_limit
+        seconds, points = self._timing.get(self._key(res), (0.0, 0.0))
+        if points == 0:
+            return FIRST_LIMIT
+        return max(LIMIT_FLOOR, LIMIT_FACTOR * seconds / points * res.count)
 
     def _runner_for(self, spec: StudySpec) -> Runner | None:
         named = [self.runners[c] for c in spec.capacities if c in self.runners]
@@ -320,3 +423,45 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
         except TimeoutError:
             return
+
+
+def _broken(future: asyncio.Future[Any]) -> bool:
+    """Whether the computation ended with its pool: a process of the pool died, or the pool was
+    ended before the computation started (cancelled)."""
+    if not future.done():
+        return False
+    return future.cancelled() or isinstance(
+        future.exception(), concurrent.futures.process.BrokenProcessPool
+    )
+
+
+def _running(
+    procs: Sequence[multiprocessing.process.BaseProcess],
+) -> list[multiprocessing.process.BaseProcess]:
+    """The processes not yet ended (their sentinels are not ready; nothing is reaped here)."""
+    alive = []
+    for proc in procs:
+        try:
+            if not multiprocessing.connection.wait([proc.sentinel], timeout=0):
+                alive.append(proc)
+        except (ValueError, OSError):  # closed: ended
+            continue
+    return alive
+
+
+async def _end_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End the pool's processes: SIGTERM, then SIGKILL to those still there after GRACE seconds
+    (ProcessPoolExecutor has no public way to end a running computation until Python 3.14)."""
+    procs: list[multiprocessing.process.BaseProcess] = list(
+        (getattr(pool, "_processes", None) or {}).values()
+    )
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    try:
+        deadline = time.monotonic() + GRACE
+        while _running(procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        for proc in _running(procs):
+            proc.kill()
