@@ -16,7 +16,11 @@ def redis_url_from_env() -> str | None:
 
 
 class EmbeddedTable(RedisTable):
-    """A `RedisTable` on the embedded Valkey server, which it stops on close if it started it."""
+    """A `RedisTable` on the embedded Valkey server.
+
+    On close it stops the server if it owns it (started it, or adopted it from an owner that is
+    gone) and no other process uses it; see `EmbeddedServer`.
+    """
 
     def __init__(self, server: EmbeddedServer, **kwargs: Any) -> None:
         import redis.asyncio as aioredis
@@ -26,8 +30,10 @@ class EmbeddedTable(RedisTable):
         super().__init__(aioredis.Redis.from_url(url), url=url, **kwargs)
 
     async def close(self) -> None:
-        await super().close()
-        self.server.stop()
+        try:
+            await super().close()
+        finally:
+            self.server.stop()
 
 
 def open_table(
