@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -148,7 +150,12 @@ async def _table(
         table = HttpTable(api, token=token or os.environ.get("LD2_API_TOKEN"), retries=2)
     else:
         table = open_table(redis, **kwargs)
-        await table.ping()
+        try:
+            await table.ping()
+            await table.check_eviction(allow=_allow_eviction())
+        except BaseException:
+            await table.close()
+            raise
     try:
         yield table
     finally:
@@ -163,6 +170,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 class Incomplete(Exception):
     """A command did its work, but the answer is not whole (exit status 3)."""
+
+
+def _allow_eviction() -> bool:
+    """``$LD2_ALLOW_EVICTION=1``: run on a Redis that may evict keys (studies may vanish)."""
+    return os.environ.get("LD2_ALLOW_EVICTION", "").lower() in ("1", "true", "yes")
 
 
 @contextlib.contextmanager
@@ -234,13 +246,27 @@ async def _get_live(table: Table, sid: str, label: str) -> StudyState:
 
 
 async def _wait(table: Table, sid: str, every: float = 0.5) -> StudyState:
-    """A progress bar until the study is done (a study that vanishes is an error)."""
+    """A progress bar until the study is done (a study that vanishes is an error). An
+    unreachable backend is waited out with backoff, said once per outage."""
     state = await table.get_study(sid)
     with _progress() as bar:
         total = "∞" if state.total is None else f"{state.total:,}"
         task = bar.add_task(escape(_safe(state.label)), total=state.total or None, shown="")
+        lost: float | None = None
+        delay = every
         while True:
-            state = await _get_live(table, sid, state.label)
+            try:
+                state = await _get_live(table, sid, state.label)
+            except BackendUnavailable as err:
+                if lost is None:
+                    lost = time.monotonic()
+                    bar.console.print(f"ld2: {err}; waiting for it to come back", markup=False)
+                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                continue
+            if lost is not None:
+                bar.console.print(f"ld2: the backend is back after {time.monotonic() - lost:.1f} s")
+                lost, delay = None, every
             done = state.done + state.failed
             bar.update(task, completed=done, shown=f"{done:,}/{total}")
             if state.status == "done":
@@ -565,6 +591,20 @@ def worker(
         float | None, typer.Option(help="Exit after this many seconds without work.")
     ] = None,
     idle_wait: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
+    trial_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a trial may compute before its process is ended and the trial fails "
+            "(default: 20x this worker's average for the study, at least 60 s; 600 s at first)."
+        ),
+    ] = None,
+    lease: Annotated[
+        float,
+        typer.Option(
+            help="Seconds of this worker's leases (renewed every third of it while a trial "
+            "computes): a killed worker's trials come back after about this long."
+        ),
+    ] = 30.0,
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -577,9 +617,14 @@ def worker(
     with _user_errors():
         available, chosen = _runners(imports, capacity or [])
         size = _max_size(max_size)
+        if trial_limit is not None and not trial_limit > 0:
+            raise InvalidInput("--trial-limit", f"must be more than 0 seconds, got {trial_limit}")
+        if not 0 < lease <= 86_400:
+            raise InvalidInput("--lease", f"must be above 0 and at most 86400 seconds, got {lease}")
     config = WorkerConfig(
         chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
         exit_when_idle=exit_when_idle, idle_wait=idle_wait, imports=imports,
+        trial_limit=trial_limit, lease=lease, heartbeat_every=lease / 3,
     )  # fmt: skip
 
     async def go() -> None:
@@ -690,7 +735,8 @@ def run(
 
     Running it again resumes the study of that name (and retries its failed points) if the
     file still describes the same study; an edited file is refused (exit 2) naming what
-    changed. Exits 3 if points failed, 130 on Ctrl-C (run the same command to resume)."""
+    changed. Exits 3 if points failed, 130 on Ctrl-C (run the same command to resume), 2 if
+    another ld2 run is using the state directory (status and result may look meanwhile)."""
     from ld2.core.study import parse_study
     from ld2.export import check_output
 
@@ -740,11 +786,19 @@ async def _run_locally(
 
     from ld2.export import write_results
     from ld2.store.connect import open_table
+    from ld2.store.embedded import LocalRun, StateDirBusy
     from ld2.worker.loop import Worker, WorkerConfig
 
     name = registry.name
-    table = open_table(None, state_dir=state_dir, fair_share=True)
     try:
+        local = LocalRun(state_dir)  # one run at a time in a state directory
+    except StateDirBusy as err:
+        raise _fail(str(err)) from None
+    table = open_table(None, state_dir=local.state_dir, fair_share=True)
+    try:
+        released = await local.hand_back(table)  # what the workers of a killed run still hold
+        if released:
+            console.print(f"{released:,} trial(s) of an interrupted run handed back")
         try:
             sid, existed = await table.submit_study(registry)
         except StudyConflict as err:
@@ -770,6 +824,7 @@ async def _run_locally(
                                   idle_wait=0.05, imports=imports,
                                   stop_on_mismatch=True)  # fmt: skip
             worker = Worker(table, available, config)
+            local.record_workers([worker.id])  # so that a next run can release its trials
             interrupted = asyncio.Event()
 
             def interrupt() -> None:
@@ -816,3 +871,4 @@ async def _run_locally(
         return 0
     finally:
         await table.close()
+        local.release()

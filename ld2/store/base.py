@@ -231,8 +231,13 @@ class Table(abc.ABC):
         max_size: int,
         worker_id: str,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> Reservation | None:
-        """Lease the next trial of the first study these capacities cover, or None."""
+        """Lease the next trial of the first study these capacities cover, or None.
+
+        `lease` (seconds) is this reservation's own lease, for a client that heartbeats;
+        None leaves it at the study's trial timeout (lite_dist2's clients never heartbeat)."""
 
     @abc.abstractmethod
     async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
@@ -245,6 +250,8 @@ class Table(abc.ABC):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """A worker's steady state: register a trial, then reserve the next one.
 
@@ -252,7 +259,8 @@ class Table(abc.ABC):
         `register` and then `reserve`.
         """
         outcome = await self.register(trial, values)
-        return outcome, await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+        nxt = await self.reserve(capacities, max_size, trial.worker_id, worker_name, lease=lease)
+        return outcome, nxt
 
     async def register_trial_and_reserve(
         self,
@@ -260,10 +268,14 @@ class Table(abc.ABC):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """`register_trial`, then `reserve` for the same worker (one round trip where possible)."""
         outcome = await self.register_trial(trial)
-        nxt = await self.reserve(capacities, max_size, trial.worker_node_id, worker_name)
+        nxt = await self.reserve(
+            capacities, max_size, trial.worker_node_id, worker_name, lease=lease
+        )
         return outcome, nxt
 
     @abc.abstractmethod
@@ -283,6 +295,11 @@ class Table(abc.ABC):
     @abc.abstractmethod
     async def reap(self) -> int:
         """Hand back every expired lease; returns how many. Safe in any number of copies."""
+
+    @abc.abstractmethod
+    async def release_worker(self, worker_id: str) -> int:
+        """Hand back at once every trial `worker_id` holds in any active study, counting no
+        attempt (the worker is known to be gone); returns how many trials."""
 
     @abc.abstractmethod
     async def cancel(self, study_id: str) -> None:

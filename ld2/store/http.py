@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Collection
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -231,14 +232,18 @@ class HttpTable(Table):
         max_size: int,
         worker_id: str,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> Reservation | None:
         check_max_size(max_size)
-        body = {
+        body: dict[str, Any] = {
             "retaining_capacity": sorted(capacities),
             "max_size": max_size,
             "worker_node_name": worker_name,
             "worker_node_id": worker_id,
         }
+        if lease is not None:
+            body["lease_seconds"] = lease  # an ld2 extra; lite_dist2 ignores it
         resp = await self._request("POST", "/trial/reserve", json=body)
         return await self._reservation(resp, worker_id, worker_name)
 
@@ -259,7 +264,7 @@ class HttpTable(Table):
             worker_name=worker_name,
             attempt=0,
             reserved_at=trial.reserved_timestamp,
-            deadline=trial.reserved_timestamp + self.lease,
+            deadline=_deadline(resp.content) or trial.reserved_timestamp + self.lease,
             spec=spec,
         )
 
@@ -282,26 +287,30 @@ class HttpTable(Table):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """One request (``/trial/cycle``) on ld2; two on lite_dist2, which lacks it."""
         if not self._has_cycle or not isinstance(trial, Reservation):
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name
+                trial, values, capacities, max_size, worker_name, lease=lease
             )
         check_max_size(max_size)
         model = self._upload(trial, values)
-        body = {
+        body: dict[str, Any] = {
             "trial": model.model_dump(mode="json"),
             "retaining_capacity": sorted(capacities),
             "max_size": max_size,
             "worker_node_name": worker_name,
         }
+        if lease is not None:
+            body["lease_seconds"] = lease
         try:
             resp = await self._request("POST", "/trial/cycle", json=body)
         except _NoSuchEndpoint:
             self._has_cycle = False
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name
+                trial, values, capacities, max_size, worker_name, lease=lease
             )
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
@@ -335,6 +344,9 @@ class HttpTable(Table):
 
     async def reap(self) -> int:
         return int((await self._json("POST", "/trial/reap"))["reaped"])
+
+    async def release_worker(self, worker_id: str) -> int:
+        raise InvalidInput("release_worker", "not available over the API")
 
     # -- reading --------------------------------------
     async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
@@ -422,6 +434,18 @@ def _raise_for(resp: Any, path: str) -> Any:
             )
         raise InvalidInput("", f"HTTP {resp.status_code}: {detail}")
     raise BackendUnavailable(f"ld2 API at {path}: HTTP {resp.status_code}: {detail}")
+
+
+_DEADLINE = re.compile(rb'"lease_deadline_ms":(\d+)\}\s*$')
+
+
+def _deadline(content: bytes) -> datetime | None:
+    """The lease's real deadline, which ld2's API appends to a reserve answer for a client
+    that asked for its own lease (lite_dist2 says nothing: then the lease is assumed)."""
+    found = _DEADLINE.search(content[-64:])
+    if found is None:
+        return None
+    return datetime.fromtimestamp(int(found.group(1)) / 1000, tz=UTC)
 
 
 def _json_or_none(resp: Any) -> dict[str, Any]:

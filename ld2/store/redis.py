@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,7 +39,7 @@ from ld2.core.planning import Permutation, check_max_size
 from ld2.core.strategies import best_of, find_hit, order_key
 from ld2.core.study import StudySpec, parse_study
 from ld2.core.subspace import trial_range
-from ld2.store import lite_dist2_import
+from ld2.store import health, lite_dist2_import
 from ld2.store.base import (
     MAX_TOTAL,
     Backlog,
@@ -54,9 +57,12 @@ from ld2.store.base import (
     from_ms,
 )
 
+T = TypeVar("T")
+
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
 _SCRIPTS = (
     "heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name", "live",
+    "release_worker",
 )  # fmt: skip
 _BODIES = ("reserve", "register")  # also used as functions by cycle.lua
 DEFAULT_TIMEOUT_S = 600
@@ -99,6 +105,73 @@ def _clean(text: str | None) -> str:
     return text
 
 
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ReadOnlyError,
+    OutOfMemoryError,
+)  # fmt: skip
+"""Redis errors that say "not now" rather than "no": every caller retries them."""
+
+
+def unavailable(err: BaseException, url: str) -> BackendUnavailable:
+    """The one mapping of a Redis error to what ld2's callers handle (and retry)."""
+    where = f"Redis at {url or 'the given client'}"
+    if isinstance(err, OutOfMemoryError):
+        return BackendUnavailable(
+            f"{where} is full (maxmemory reached; ld2 needs maxmemory-policy noeviction, so "
+            "writes wait until memory is freed or raised): {err}"
+        )
+    if isinstance(err, BusyLoadingError):
+        return BackendUnavailable(f"{where} is loading its data after a restart: {err}")
+    if isinstance(err, ReadOnlyError):
+        return BackendUnavailable(f"{where} is a read-only replica (failover in progress?): {err}")
+    return BackendUnavailable(f"cannot reach {where}: {err}")
+
+
+def _mapped(cls: type[T]) -> type[T]:
+    """Route every Redis error of every public call (coroutines and result streams) through
+    `unavailable`, so no redis-py exception ever escapes the store."""
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("__") or not callable(fn):
+            continue
+        if inspect.iscoroutinefunction(fn):
+            setattr(cls, name, _map_coroutine(fn))
+        elif inspect.isasyncgenfunction(fn):
+            setattr(cls, name, _map_stream(fn))
+    return cls
+
+
+def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(self, *args, **kwargs)
+        except TRANSIENT as err:
+            raise unavailable(err, self.url) from err
+
+    return call
+
+
+def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(fn)
+    async def stream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(self, *args, **kwargs):
+                yield item
+        except TRANSIENT as err:
+            raise unavailable(err, self.url) from err
+
+    return stream
+
+
+def _lease_ms(lease: float | None) -> int:
+    """A reservation's own lease in ms (0: the study's trial timeout)."""
+    if lease is None:
+        return 0
+    if not 0 < lease <= 86_400:
+        raise InvalidInput("lease_seconds", f"must be above 0 and at most 86400, got {lease}")
+    return max(1, int(lease * 1000))
+
+
 def study_id_of(trial_id: str) -> str:
     """Trial ids are ``<study id>-0x<n>``, so the study follows from the trial."""
     sid, sep, _ = trial_id.rpartition("-")
@@ -107,6 +180,7 @@ def study_id_of(trial_id: str) -> str:
     return sid
 
 
+@_mapped
 class RedisTable(Table):
     """The table over a redis-py asyncio client.
 
@@ -165,16 +239,14 @@ class RedisTable(Table):
         return keys
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await self._scripts[name](keys=list(keys), args=list(args))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-            raise BackendUnavailable(f"Redis at {self.url or 'the given client'}: {err}") from err
+        return await self._scripts[name](keys=list(keys), args=list(args))
 
     async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {err}") from err
+        await self.client.ping()
+
+    async def check_eviction(self, *, allow: bool = False) -> None:
+        """Refuse a Redis that may evict keys (see `ld2.store.health`)."""
+        await health.check_eviction(self.client, self.url, allow=allow)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -196,7 +268,7 @@ class RedisTable(Table):
             await self._call("create", self.study_keys(sid)[:1], flat_args)
         except BaseException:
             if spec.name is not None:  # best effort; a claim left behind goes stale
-                with contextlib.suppress(BackendUnavailable):
+                with contextlib.suppress(*TRANSIENT):
                     await self._release_name(spec.name, sid)
             raise
         async with self.client.pipeline(transaction=False) as pipe:
@@ -431,8 +503,11 @@ class RedisTable(Table):
         max_size: int,
         worker_id: str,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> Reservation | None:
         check_max_size(max_size)
+        lease_ms = _lease_ms(lease)
         if not worker_id:
             raise InvalidInput("worker_node_id", "must not be empty")
         retained = frozenset(capacities)
@@ -448,7 +523,7 @@ class RedisTable(Table):
                     size = clamp_max_size(await self._spec(sid), max_size)
                 except NotFound:  # gone meanwhile: the script says so and the index forgets it
                     size = max_size
-                got = await self._reserve_in(sid, size, worker_id, worker_name)
+                got = await self._reserve_in(sid, size, worker_id, worker_name, lease_ms)
                 if got is not None:
                     return got
             if fresh or attempt:
@@ -458,9 +533,9 @@ class RedisTable(Table):
         return None
 
     async def _reserve_in(
-        self, sid: str, max_size: int, worker_id: str, worker_name: str | None
+        self, sid: str, max_size: int, worker_id: str, worker_name: str | None, lease_ms: int = 0
     ) -> Reservation | None:
-        args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers]
+        args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers, lease_ms]
         reply = await self._call("reserve", self.study_keys(sid)[:5], args)
         return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
 
@@ -526,10 +601,12 @@ class RedisTable(Table):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         spec, ref, typed = await self._upload(trial)
         return await self._register_and_reserve_typed(
-            spec, ref, typed, capacities, max_size, worker_name
+            spec, ref, typed, capacities, max_size, worker_name, lease
         )
 
     def _register_args(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> list[Any]:
@@ -579,13 +656,15 @@ class RedisTable(Table):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None = None,
+        *,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """Register, then lease the next trial of the same study in the same round trip, as
         long as that study is still the first one these capacities should work on."""
         spec = await self._spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_and_reserve_typed(
-            spec, trial, typed, capacities, max_size, worker_name
+            spec, trial, typed, capacities, max_size, worker_name, lease
         )
 
     async def _register_and_reserve_typed(
@@ -596,6 +675,7 @@ class RedisTable(Table):
         capacities: Collection[str],
         max_size: int,
         worker_name: str | None,
+        lease: float | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         size = clamp_max_size(spec, max_size)  # this study's limit; another's may differ
         if time.monotonic() - self._index_at > self.index_ttl:
@@ -604,7 +684,10 @@ class RedisTable(Table):
         first = next((sid for sid, caps in self._index if caps <= retained), None)
         if first != trial.study_id:
             outcome = await self._register_typed(spec, trial, typed)
-            return outcome, await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+            nxt = await self.reserve(
+                capacities, max_size, trial.worker_id, worker_name, lease=lease
+            )
+            return outcome, nxt
         args = [
             *self._register_args(spec, trial, typed),
             trial.study_id,
@@ -612,6 +695,7 @@ class RedisTable(Table):
             _clean(trial.worker_id),
             _clean(worker_name),
             self._live_workers,
+            _lease_ms(lease),
         ]
         reply = [
             _s(x) or "" for x in await self._call("cycle", self.study_keys(trial.study_id), args)
@@ -619,7 +703,9 @@ class RedisTable(Table):
         outcome = await self._outcome(trial, reply[0], reply[1])
         nxt = await self._reservation(trial.study_id, reply[2:], trial.worker_id, worker_name)
         if nxt is None:
-            nxt = await self.reserve(capacities, max_size, trial.worker_id, worker_name)
+            nxt = await self.reserve(
+                capacities, max_size, trial.worker_id, worker_name, lease=lease
+            )
         return outcome, nxt
 
     # -- leases -----------------------------------------------
@@ -657,6 +743,17 @@ class RedisTable(Table):
                 finished.append(sid)
         if finished:
             await self.client.zrem(self._g("active"), *finished)
+        return total
+
+    async def release_worker(self, worker_id: str) -> int:
+        wid = _clean(worker_id)
+        if not wid:
+            raise InvalidInput("worker_id", "must not be empty")
+        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        total = 0
+        for sid in sids:
+            n, _status = await self._call("release_worker", self.study_keys(sid)[:4], [wid])
+            total += int(n)
         return total
 
     # -- reading -----------------------------------------------

@@ -73,6 +73,7 @@ class WorkerConfig:
     exit_when_idle: float | None = None
     idle_wait: float = 1.0
     heartbeat_every: float = 10.0
+    lease: float | None = 30.0  # this worker's own lease (it heartbeats); None: the study's
     imports: Sequence[str] = ()
     stop_on_mismatch: bool = False  # a local run: a runner that cannot be called ends it
     trial_limit: float | None = None  # seconds a trial may compute; None: see LIMIT_FACTOR
@@ -127,6 +128,7 @@ class Worker:
         self.fatal: str | None = None  # why a local run had to stop (stop_on_mismatch)
         self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
         self._worked_at = time.monotonic()  # --exit-when-idle: when a trial last computed
+        self._outage_since: float | None = None  # the backend has been unreachable since
         self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
         # pools ended on purpose (a trial over its limit): their other trials are recomputed
         self._ended: weakref.WeakSet[concurrent.futures.ProcessPoolExecutor] = weakref.WeakSet()
@@ -184,8 +186,9 @@ class Worker:
                 break
             if res is None:
                 res = await self._retry(
-                    self.table.reserve, caps, self._size_for(None), self.id, self.name
-                )
+                    self.table.reserve, caps, self._size_for(None), self.id, self.name,
+                    lease=self.config.lease,
+                )  # fmt: skip
                 if res is None:
                     await self._sleep(self.config.idle_wait)
                     continue
@@ -197,8 +200,9 @@ class Worker:
             size = self._size_for(done)
             try:
                 _, res = await self._retry(
-                    self.table.register_and_reserve, done, values, caps, size, self.name
-                )
+                    self.table.register_and_reserve, done, values, caps, size, self.name,
+                    lease=self.config.lease,
+                )  # fmt: skip
             except (TrialRejected, NotFound) as err:
                 log.warning("trial %s not registered: %s", done.trial_id, err)
                 res = None
@@ -405,18 +409,27 @@ class Worker:
         except (TrialRejected, NotFound, BackendUnavailable) as err:
             log.warning("could not hand trial %s back: %s", res.trial_id, err)
 
-    async def _retry(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Call `fn`, retrying unreachable-backend errors with backoff and jitter."""
+    async def _retry(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Call `fn`, retrying unreachable-backend errors with backoff and jitter; an outage is
+        logged once when it starts and once when it ends (not on every retry)."""
         delay = 0.2
         while True:
             try:
-                return await fn(*args)
+                result = await fn(*args, **kwargs)
             except BackendUnavailable as err:
                 if self._stopping.is_set():
                     raise
-                log.warning("%s; retrying in %.1f s", err, delay)
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.warning("%s; retrying with backoff until it is back", err)
                 await self._sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
+                continue
+            if self._outage_since is not None:
+                took = time.monotonic() - self._outage_since
+                self._outage_since = None
+                log.warning("the backend is back after %.1f s", took)
+            return result
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -292,6 +292,8 @@ def test_sigterm_hands_back_and_kill_9_is_reaped(
         "1",
         "--max-size",
         "10",
+        "--lease",
+        "2",  # a killed worker's range comes back after its own lease
     ]
     term = spawn(*args, env=env)
     _wait_for_file(tmp_path / "computing", term)  # mid-trial

@@ -252,8 +252,8 @@ async def test_short_leases_are_kept_alive_by_heartbeats(tmp_path, monkeypatch, 
     )
     async with make_table(request, "valkey", trial_timeout=0.6) as table:
         sid = await table.register_study(registry([int_axis("x", 4)], capacity=["sleepy"]))
-        worker = _worker(table, ["sleepy"], mod=mod, max_size=4)
-        stats = await worker.run()  # one trial of 1.2 s under a 0.6 s lease
+        worker = _worker(table, ["sleepy"], mod=mod, max_size=4, lease=0.6)
+        stats = await worker.run()  # one trial of 1.2 s under its own 0.6 s lease
         assert stats.trials == 1 and stats.abandoned == 0
         state = await table.get_study(sid)
         assert state.done == 4 and state.status == "done"
@@ -294,7 +294,7 @@ async def test_a_stop_answer_abandons_the_trial_at_once(tmp_path, monkeypatch, r
                 capacity=["slow-head"],
             )
         )
-        worker = _worker(table, ["slow-head"], mod=mod, processes=2, max_size=100)
+        worker = _worker(table, ["slow-head"], mod=mod, processes=2, max_size=100, lease=0.9)
         t0 = asyncio.get_running_loop().time()
         stats = await asyncio.wait_for(worker.run(), 30)
         # the first trial, [0, 100), is slow; the second holds the hit: the first is dropped

@@ -1,4 +1,5 @@
--- Extend a lease. 'stop' tells the worker to abandon the trial (solved, cancelled, reissued).
+-- Extend a lease by its own length. 'stop' tells the worker to abandon the trial (solved,
+-- cancelled, reissued).
 -- KEYS: study hash, back, leases, trials
 -- ARGV: trial id, worker id
 local k = study_keys(KEYS)
@@ -27,5 +28,5 @@ if t.state == 'X' then
   t.state = 'L'
   redis.call('HSET', k.trials, tid, trial_record(t))
 end
-redis.call('ZADD', k.leases, now + tonumber(f[2]), tid)
+redis.call('ZADD', k.leases, now + (t.lease or tonumber(f[2])), tid)
 return 'ok'

@@ -107,19 +107,25 @@ local function parse_range(member)
   return tonumber(p[1]), tonumber(p[2]), tonumber(p[3]), p[4]
 end
 
--- A trial in flight: start, count, attempt, reserved ms, state (L leased, X expired), worker id, name.
+-- A trial in flight: start, count, attempt, reserved ms, state (L leased, X expired), worker id,
+-- name, and its lease length in ms (absent in records of older versions: the study's timeout).
 local function parse_trial(rec)
   local p = split(rec, '\t')
   return {
     start = tonumber(p[1]), count = tonumber(p[2]), attempt = tonumber(p[3]),
     reserved = tonumber(p[4]), state = p[5], worker = p[6], name = p[7] or '',
+    lease = tonumber(p[8] or ''),
   }
 end
 
 local function trial_record(t)
-  return table.concat({
+  local fields = {
     fmt(t.start), fmt(t.count), fmt(t.attempt), fmt(t.reserved), t.state, t.worker, t.name,
-  }, '\t')
+  }
+  if t.lease then
+    fields[8] = fmt(t.lease)
+  end
+  return table.concat(fields, '\t')
 end
 
 -- Find the member of zset `key` at score `start` that belongs to trial `tid`, if any.

@@ -1,6 +1,7 @@
 -- Lease the next chunk of one study to a worker.
 -- KEYS: study hash, back, leases, trials, failed
--- ARGV: study id, max_size, worker id, worker name, live workers (0: unknown)
+-- ARGV: study id, max_size, worker id, worker name, live workers (0: unknown),
+--       lease ms (0 or absent: the study's trial timeout; a heartbeating worker asks for less)
 -- With N live workers no trial takes more than the points left / 2N (but at least 16), so that
 -- a worker whose trial size was set by a faster study cannot take the rest while others idle.
 -- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
@@ -19,6 +20,10 @@ local now = now_ms()
 local total, cursor = tonumber(f[2]), tonumber(f[3])
 local study = { sizes = numbers(f[4]), strides = numbers(f[5]), jagged = tonumber(f[6]) }
 local timeout, max_attempts = tonumber(f[8]), tonumber(f[9])
+local asked = tonumber(ARGV[6] or '0') or 0
+if asked > 0 then
+  timeout = asked
+end
 local limit_end = 9007199254740992 -- 2^53: no flat index beyond it is ever issued
 
 local live = tonumber(ARGV[5] or '0') or 0
@@ -138,7 +143,7 @@ local tid = sid .. '-' .. string.format('0x%x', seq)
 local deadline = now + timeout
 redis.call('HSET', k.trials, tid, trial_record({
   start = start, count = count, attempt = attempt, reserved = now, state = 'L',
-  worker = ARGV[3], name = ARGV[4],
+  worker = ARGV[3], name = ARGV[4], lease = timeout,
 }))
 redis.call('ZADD', k.leases, deadline, tid)
 redis.call('HINCRBY', k.s, 'reserved', count)

@@ -1,0 +1,129 @@
+"""Every Redis error of every public call comes out as BackendUnavailable (one mapping)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, OutOfMemoryError
+
+from ld2.core.errors import BackendUnavailable
+from ld2.store.base import TrialRef
+from ld2.store.redis import RedisTable, unavailable
+from tests.conftest import _free_port
+from tests.store.helpers import int_axis, registry
+
+CALLS: list[tuple[str, Any]] = [
+    ("ping", lambda t: t.ping()),
+    ("register_study", lambda t: t.register_study(registry([int_axis("x", 4)], name="n"))),
+    ("reserve", lambda t: t.reserve([], 4, "w")),
+    ("register", lambda t: t.register(TrialRef("s", "s-0x0", "w", 0, 1), np.zeros(1))),
+    ("heartbeat", lambda t: t.heartbeat("s-0x0", "w")),
+    ("fail", lambda t: t.fail("s-0x0", "w", "x")),
+    ("reap", lambda t: t.reap()),
+    ("get_study", lambda t: t.get_study(name="n")),
+    ("list_studies", lambda t: t.list_studies()),
+    ("progress", lambda t: t.progress()),
+    ("backlog", lambda t: t.backlog()),
+    ("failures", lambda t: t.failures("s")),
+    ("delete", lambda t: t.delete("s")),
+    ("retry_failures", lambda t: t.retry_failures("s")),
+    ("pause", lambda t: t.pause("s")),
+    ("export_snapshot", lambda t: t.export_snapshot()),
+]
+
+
+@pytest.mark.parametrize(("name", "call"), CALLS, ids=[c[0] for c in CALLS])
+async def test_an_unreachable_redis_is_backend_unavailable(name: str, call: Any) -> None:
+    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    try:
+        with pytest.raises(BackendUnavailable, match="nowhere"):
+            await call(table)
+    finally:
+        await table.close()
+
+
+async def test_result_streams_are_mapped_too() -> None:
+    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    try:
+        with pytest.raises(BackendUnavailable):
+            async for _ in table.iter_results("s"):
+                pass
+    finally:
+        await table.close()
+
+
+def test_full_and_loading_redis_say_so() -> None:
+    full = unavailable(OutOfMemoryError("OOM command not allowed"), "redis://x")
+    assert "is full" in str(full) and "noeviction" in str(full)
+    loading = unavailable(BusyLoadingError("loading"), "redis://x")
+    assert "loading its data" in str(loading)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+async def test_a_restart_is_ridden_out_by_the_same_table(tmp_path: Any) -> None:
+    port = _free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path)]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=port).ping():
+                    return proc
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    proc = start()
+    table = RedisTable.from_url(f"redis://127.0.0.1:{port}/0")
+    try:
+        sid = await table.register_study(registry([int_axis("x", 10)], name="restart"))
+        proc.terminate()
+        proc.wait(10)
+        with pytest.raises(BackendUnavailable):
+            await table.get_study(sid)
+        proc = start()
+        assert (await table.get_study(sid)).total == 10  # the AOF kept it; the client reconnects
+    finally:
+        await table.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_an_evicting_redis_is_refused_at_start(tmp_path: Any) -> None:
+    from tests.cli.test_cli import EXAMPLES, ld2
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--maxmemory", "20mb", "--maxmemory-policy", "allkeys-lru",
+         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=port).ping():
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        env = {"LD2_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        out = ld2("submit", str(EXAMPLES / "md5.json"), env=env)
+        assert out.returncode == 2 and "maxmemory-policy allkeys-lru" in out.stderr
+        assert "noeviction" in out.stderr and "Traceback" not in out.stderr
+        assert redis.Redis(port=port).dbsize() == 0  # nothing stored
+        loud = ld2("submit", str(EXAMPLES / "md5.json"), env={**env, "LD2_ALLOW_EVICTION": "1"})
+        assert loud.returncode == 0 and "Studies may be lost" in loud.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
