@@ -106,8 +106,8 @@ class ByteBudget:
     """Request-body bytes buffered at once, across all the requests of this process.
 
     `take` waits (up to `wait` seconds) until the bytes fit; `give` hands them back. A body
-    holds its bytes from the moment they are read until its response has been sent, since the
-    app's parsed copy of it lives that long.
+    holds its room from before its first byte is read until its response has been sent, since
+    the app's parsed copy of it lives that long.
     """
 
     def __init__(self, total: int) -> None:
@@ -143,11 +143,13 @@ class BodyLimit:
     bytes buffered at once within `budget` (default `BUDGET_FACTOR` × `limit`).
 
     The body is read here first (the app would buffer it anyway) and replayed to the app, so
-    an oversized upload is cut off before any handler runs. Each body's bytes are taken from
-    the budget as they arrive (a declared ``Content-Length`` all at once, before any byte is
-    read) and given back once the app has answered. A body that finds no room waits up to
-    `wait` seconds without reading on (the client is held back by TCP), then gets 503 with
-    ``Retry-After``. As one body never exceeds `limit` ≤ `budget`, every body fits eventually.
+    an oversized upload is cut off before any handler runs. Before any byte of it is read, a
+    body takes its room in the budget: its declared ``Content-Length``, or for a chunked body
+    the whole `limit`, of which it gives back what it did not use once read. The rest is given
+    back when the app has answered. A body that finds no room waits up to `wait` seconds,
+    unread (TCP holds the client back), then gets 503 with ``Retry-After``. Since no body ever
+    waits half-read, concurrent uploads cannot hold the budget against each other, and since
+    one body is at most `limit` ≤ `budget`, every body fits once the others are answered.
     """
 
     def __init__(
@@ -169,15 +171,19 @@ class BodyLimit:
         retry = [(b"retry-after", str(RETRY_AFTER).encode())]
         held = 0  # bytes taken from the budget, given back once the app has answered
         try:
-            declared = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit():
                 if int(declared) > self.limit:
                     await _reply(send, 413, too_big, [])
                     return
-                if not await self.budget.take(int(declared), self.wait):
-                    await _reply(send, 503, busy, retry)
-                    return
-                held = int(declared)
+                need = int(declared)
+            else:  # chunked: it may grow to the limit; no framing header at all: no body
+                need = self.limit if b"transfer-encoding" in headers else 0
+            if not await self.budget.take(need, self.wait):  # before reading any of it
+                await _reply(send, 503, busy, retry)
+                return
+            held = need
             parts: list[bytes] = []
             seen = 0
             while True:
@@ -190,7 +196,7 @@ class BodyLimit:
                 if seen > self.limit:
                     await _reply(send, 413, too_big, [])
                     return
-                if seen > held:
+                if seen > held:  # more than its headers announced: not from an HTTP/1.1 server
                     if not await self.budget.take(seen - held, self.wait):
                         await _reply(send, 503, busy, retry)
                         return
@@ -198,6 +204,8 @@ class BodyLimit:
                 parts.append(chunk)
                 if not msg.get("more_body", False):
                     break
+            self.budget.give(held - seen)  # what a chunked body did not use
+            held = seen
             body: Message = {"type": "http.request", "body": b"".join(parts), "more_body": False}
             parts.clear()
             await self.app(scope, _replay([body], receive), send)
@@ -216,6 +224,9 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 # -- strict JSON bodies ----------------------------------------------------------------------
 
+MAX_DEPTH = 64
+"""How deeply `parse_json` lets arrays and objects nest (lite_dist2's curriculum.json: 9)."""
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """An escape that may make a lone surrogate (a raw one is no valid UTF-8); rare in real bodies."""
 _LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|NaN|-?Infinity|-?[0-9][0-9.eE+-]*')
@@ -243,6 +254,21 @@ def _is_unicode(s: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _nests_within(value: Any, limit: int) -> bool:
+    """Whether `value` nests no more than `limit` arrays and objects deep (level by level)."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    for _ in range(limit):
+        if not level:
+            return True
+        inner = []
+        for outer in level:
+            for item in outer.values() if type(outer) is dict else outer:
+                if type(item) is dict or type(item) is list:
+                    inner.append(item)
+        level = inner
+    return not level
 
 
 def _refusal(text: str) -> tuple[int, str] | None:
@@ -276,9 +302,10 @@ def parse_json(body: bytes) -> Any:
     Python's json module takes ``NaN``, ``Infinity`` and ``-Infinity``, reads ``1e999`` as
     infinity and lets lone surrogates (``"\\ud800"``, or raw in a body it decodes with
     ``surrogatepass``) into strings, none of which is JSON or can be stored or answered. Those,
-    integers over 4300 digits, text that is not in its encoding and nesting too deep for the
-    parser are a `json.JSONDecodeError`, which FastAPI answers with 422 ``json_invalid`` (the
-    ``loc`` gives the offending literal's position) before the endpoint runs.
+    integers over 4300 digits, text that is not in its encoding and nesting deeper than
+    `MAX_DEPTH` (which could not even be echoed in a 422: the encoder recurses) are a
+    `json.JSONDecodeError`, which FastAPI answers with 422 ``json_invalid`` before the endpoint
+    runs; its ``loc`` is the offending literal's position (0 for the nesting).
     """
     encoding = json.detect_encoding(body)
     try:
@@ -289,13 +316,15 @@ def parse_json(body: bytes) -> Any:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError:
         raise
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except RecursionError:  # deeper than the parser's own stack allows
+        raise json.JSONDecodeError(_TOO_DEEP, text, 0) from None
     except ValueError as err:  # a hook's _Refused, or an integer too long for int()
         pos, why = _refusal(text) or (0, str(err))
         raise json.JSONDecodeError(why, text, pos) from None
     if _SURROGATE_ESCAPE.search(text) and (found := _refusal(text)) is not None:
         raise json.JSONDecodeError(found[1], text, found[0])
+    if not _nests_within(data, MAX_DEPTH):
+        raise json.JSONDecodeError(_TOO_DEEP, text, 0)
     return data
 
 
