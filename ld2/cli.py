@@ -92,6 +92,23 @@ RedisOpt = Annotated[
 ]
 
 
+def _set_allow_eviction(value: bool) -> bool:
+    if value:
+        os.environ["LD2_ALLOW_EVICTION"] = "1"
+    return value
+
+
+AllowEvictionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-eviction",
+        callback=_set_allow_eviction,
+        help="Run on a Redis whose maxmemory-policy may evict keys (studies may vanish). "
+        "Default: refuse it ($LD2_ALLOW_EVICTION=1 allows too).",
+    ),
+]
+
+
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -114,6 +131,7 @@ def api(
     prefix: Annotated[
         str | None, typer.Option(help="Redis key prefix (default: $LD2_PREFIX, else ld2).")
     ] = None,
+    allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Serve the HTTP API (lite_dist2's endpoints and ld2's extras; docs at /docs)."""
     from ld2.api.server import serve
@@ -131,7 +149,8 @@ def api(
         prefix=prefix or os.environ.get("LD2_PREFIX") or "ld2",
         table=table_config,
     )
-    serve(settings, host, chosen, workers)
+    with _user_errors():
+        serve(settings, host, chosen, workers, allow_eviction=_allow_eviction())
 
 
 # -- shared plumbing -----------------------------------------------------------------------------
@@ -173,7 +192,8 @@ class Incomplete(Exception):
 
 
 def _allow_eviction() -> bool:
-    """``$LD2_ALLOW_EVICTION=1``: run on a Redis that may evict keys (studies may vanish)."""
+    """``--allow-eviction`` or ``$LD2_ALLOW_EVICTION=1``: run on a Redis that may evict keys
+    (studies may vanish; said loudly at start)."""
     return os.environ.get("LD2_ALLOW_EVICTION", "").lower() in ("1", "true", "yes")
 
 
@@ -328,6 +348,7 @@ def submit(
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
+    allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Register a study; prints its id.
 
@@ -608,6 +629,7 @@ def worker(
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
+    allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Reserve trials the loaded runners cover, compute them, register the results."""
     from ld2.worker.loop import WorkerConfig
@@ -640,14 +662,31 @@ def worker(
 
 @app.command()
 def reaper(
-    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 5.0,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between passes (default: the config file's "
+            "timeout_check_interval_seconds, else 5)."
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("-c", "--config", help="lite_dist2-style table_config.json."),
+    ] = None,
     redis: RedisOpt = None,
+    allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Hand back expired leases (any number of copies may run; reserve also reaps)."""
     from ld2.store.files import reap_periodically
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with _user_errors():
+        table_config = TableConfig.load(config) if config else None
+        if interval is None:
+            interval = float(table_config.timeout_check_interval_seconds) if table_config else 5.0
+        if not interval > 0:
+            raise InvalidInput("--interval", f"must be more than 0 seconds, got {interval}")
 
     async def go() -> None:
         async with _table(redis, None, None) as table:

@@ -6,6 +6,7 @@ Each uvicorn worker process builds its own app and table from the settings (pass
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -56,7 +57,21 @@ def binding_warning(host: str, port: int, token: str | None) -> str | None:
     )
 
 
-def serve(settings: ApiSettings, host: str, port: int, workers: int = 1) -> None:
+async def check_backend(settings: ApiSettings, *, allow_eviction: bool = False) -> None:
+    """Before serving: the backend answers, and does not evict keys (raises InvalidInput /
+    BackendUnavailable, which the command line reports without a traceback)."""
+    table = open_table(settings.redis_url, state_dir=settings.state_dir, prefix=settings.prefix)
+    try:
+        await table.ping()
+        await table.check_eviction(allow=allow_eviction)
+    finally:
+        await table.close()
+
+
+def serve(
+    settings: ApiSettings, host: str, port: int, workers: int = 1, *, allow_eviction: bool = False
+) -> None:
+    asyncio.run(check_backend(settings, allow_eviction=allow_eviction))
     if warning := binding_warning(host, port, settings.token):
         log.warning(warning)
     os.environ[ENV] = settings.model_dump_json()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from ld2.config import read_json_file
@@ -58,11 +59,18 @@ async def save_periodically(table: Table, path: Path, interval: float) -> None:
 
 async def reap_periodically(table: Table, interval: float) -> None:
     """The reaper's loop: hand back expired leases every `interval` seconds until cancelled."""
+    lost: float | None = None  # an outage is said once when it starts and once when it ends
     while True:
         try:
             n = await table.reap()
+        except ConnectionError as err:
+            if lost is None:
+                lost = time.monotonic()
+                log.warning("reaper: %s; trying again every %.1f s", err, interval)
+        else:
+            if lost is not None:
+                log.warning("reaper: the backend is back after %.1f s", time.monotonic() - lost)
+                lost = None
             if n:
                 log.info("handed back %d expired trial(s)", n)
-        except ConnectionError as err:
-            log.warning("reaper: %s", err)
         await asyncio.sleep(interval)

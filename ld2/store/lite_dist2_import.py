@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from ld2.core import models as m
 from ld2.core import portable, results
@@ -62,14 +63,18 @@ def result_blocks(spec: StudySpec, storage: m.MappingsStorage) -> list[tuple[int
 
 
 async def import_curriculum(table: RedisTable, data: dict[str, Any]) -> list[str]:
-    storages = [m.StudyStorage.model_validate(s) for s in data.get("storages") or []]
-    actives = [
-        (
-            m.StudyCommon.model_validate(s),
-            m.ParameterAlignedSpaceModel.model_validate(s["parameter_space"]),
-        )
-        for s in data.get("studies") or []
-    ]
+    try:
+        storages = [m.StudyStorage.model_validate(s) for s in data.get("storages") or []]
+        actives = [
+            (
+                m.StudyCommon.model_validate(s),
+                m.ParameterAlignedSpaceModel.model_validate(s["parameter_space"]),
+            )
+            for s in data.get("studies") or []
+        ]
+    except (ValidationError, KeyError, TypeError, AttributeError) as err:
+        detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else repr(err)
+        raise InvalidInput("curriculum", f"not a lite_dist2 curriculum.json: {detail}") from None
     prepared = []
     for st in storages:
         spec = parse_study(registry_of(st, st.parameter_space))

@@ -36,6 +36,7 @@ from ld2.core.errors import (
     TrialRejected,
 )
 from ld2.core.planning import Permutation, check_max_size
+from ld2.core.snapshot import parse_snapshot
 from ld2.core.strategies import best_of, find_hit, order_key
 from ld2.core.study import StudySpec, parse_study
 from ld2.core.subspace import trial_range
@@ -896,27 +897,26 @@ class RedisTable(Table):
                 "snapshot", "neither an ld2 snapshot nor a lite_dist2 curriculum.json"
             )
         out = []
-        for study in data["studies"]:
-            h = dict(study["hash"])
+        for study, spec, payloads in parse_snapshot(data):  # all checked before any write
+            h = dict(study.hash)
             sid = h["id"]
             keys = self.study_keys(sid)
             if await self.client.exists(keys[0]):
                 continue
-            spec = parse_study(m.StudyRegistry.model_validate_json(h["spec"]))
             if spec.name is not None:
                 await self._claim_name(spec.name, sid)
-            back = {tuple(r) for r in study["back"]}
+            back = set(study.back)
             h["reserved"] = "0"
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(keys[0], mapping=h)
                 for start, count, attempts in sorted(back):
                     pipe.zadd(keys[1], {f"{start}:{count}:{attempts}:-": start})
-                for member in study["failed"]:
+                for member in study.failed:
                     pipe.zadd(keys[4], {member: int(member.split(":")[0])})
-                for member in study.get("best", []):
+                for member in study.best:
                     pipe.zadd(keys[8], {member: 0})
-                for tid, start, payload in study["results"]:
-                    pipe.hset(keys[5], tid, base64.b64decode(payload))
+                for (tid, start, _), payload in zip(study.results, payloads, strict=True):
+                    pipe.hset(keys[5], tid, payload)
                     pipe.zadd(keys[6], {tid: start})
                 await pipe.execute()
             await self._index_study(sid, h)
