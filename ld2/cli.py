@@ -348,6 +348,13 @@ def submit(
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
+    trial_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a trial of this study may compute before the worker ends it and fails "
+            "the trial (a hung runner). Default: each worker's own limit."
+        ),
+    ] = None,
     allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Register a study; prints its id.
@@ -360,7 +367,9 @@ def submit(
 
     async def go() -> None:
         async with _table(redis, api, token, trial_timeout=trial_timeout) as table:
-            sid, existed = await table.submit_study(registry, priority=priority)
+            sid, existed = await table.submit_study(
+                registry, priority=priority, trial_limit=trial_limit
+            )
             typer.echo(sid)
             if existed:
                 _err(f"ld2: {_safe(registry.name)} was already registered with the same content")

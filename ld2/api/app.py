@@ -105,6 +105,7 @@ class StudyInfo(BaseModel):
     best_flat_index: int | None = None
     vector_length: int | None = None
     live_workers: int | None = None
+    trial_limit_seconds: float | None = None
 
 
 class FailureModel(BaseModel):
@@ -160,6 +161,7 @@ def study_info(state: StudyState) -> StudyInfo:
         best_flat_index=state.best_flat,
         vector_length=state.vector_len,
         live_workers=state.live_workers,
+        trial_limit_seconds=state.spec.trial_limit,
     )
 
 
@@ -260,7 +262,9 @@ def create_app(
 
     @app.post("/study/register", response_model=m.StudyRegisteredResponse, tags=["lite_dist2"])
     async def register_study(param: m.StudyRegisterParam) -> m.StudyRegisteredResponse:
-        sid = await T().register_study(param.study, priority=param.priority)
+        sid = await T().register_study(
+            param.study, priority=param.priority, trial_limit=param.trial_limit_seconds
+        )
         return m.StudyRegisteredResponse(study_id=sid)
 
     @app.post(
@@ -343,7 +347,9 @@ def create_app(
         """Register a study, idempotently: the same study under a taken name answers its id
         (``existed: true``); a different one is 409 with reason ``study_differs`` and the
         ``differences``. (lite_dist2's ``/study/register`` keeps its 400 for a taken name.)"""
-        sid, existed = await T().submit_study(param.study, priority=param.priority)
+        sid, existed = await T().submit_study(
+            param.study, priority=param.priority, trial_limit=param.trial_limit_seconds
+        )
         return SubmitResponse(study_id=sid, existed=existed)
 
     @app.post("/study/delete", response_model=DeletedModel, tags=["ld2"])

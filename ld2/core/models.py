@@ -216,6 +216,8 @@ class StudyRegistry(StudyCommon):
 class StudyRegisterParam(WireModel):
     study: StudyRegistry
     priority: int = Field(0, ge=-1000, le=1000)  # ld2 extension; lite_dist2 ignores it
+    # ld2 extension: seconds a trial of this study may compute before its process is ended
+    trial_limit_seconds: float | None = Field(None, gt=0, le=7 * 86_400)
 
 
 class StudyRegisteredResponse(WireModel):

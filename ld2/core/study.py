@@ -7,6 +7,7 @@ field named, so nothing invalid is ever stored.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class StudySpec:
     registry: StudyRegistry
     space: Space
     target: tuple[Scalar, ...] | None  # find_exact only; one item for a scalar result
+    trial_limit: float | None = None  # seconds a trial may compute (an ld2 study setting)
 
     @property
     def name(self) -> str | None:
@@ -162,3 +164,14 @@ def _registry_axis(seg: LineSegmentModel) -> LineSegmentRegistry:
     return LineSegmentRegistry(
         name=seg.name, type=seg.type, size=seg.size, step=seg.step, start=seg.start
     )
+
+
+def with_limit(spec: StudySpec, trial_limit: float | None) -> StudySpec:
+    """The spec with the study's trial limit (seconds a trial may compute), checked."""
+    if trial_limit is None:
+        return spec
+    if not 0 < trial_limit <= 7 * 86_400:
+        raise InvalidInput(
+            "trial_limit_seconds", f"must be above 0 and at most 7 days, got {trial_limit}"
+        )
+    return dataclasses.replace(spec, trial_limit=float(trial_limit))

@@ -195,11 +195,16 @@ class Table(abc.ABC):
     """The shared state of every study, as API, workers, CLI and reaper see it."""
 
     @abc.abstractmethod
-    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
-        """Validate and store a study; returns its id. Invalid input writes nothing."""
+    async def register_study(
+        self, registry: m.StudyRegistry, *, priority: int = 0, trial_limit: float | None = None
+    ) -> str:
+        """Validate and store a study; returns its id. Invalid input writes nothing.
+
+        `trial_limit` (seconds) is how long a trial of it may compute before a worker ends the
+        computation and fails the trial (None: the worker's own limit)."""
 
     async def submit_study(
-        self, registry: m.StudyRegistry, *, priority: int = 0
+        self, registry: m.StudyRegistry, *, priority: int = 0, trial_limit: float | None = None
     ) -> tuple[str, bool]:
         """Register a study, or find the identical one already registered under its name.
 
@@ -219,7 +224,10 @@ class Table(abc.ABC):
                         raise StudyConflict(spec.name, state.study_id, diffs)
                     return state.study_id, True
             try:
-                return await self.register_study(registry, priority=priority), False
+                sid = await self.register_study(
+                    registry, priority=priority, trial_limit=trial_limit
+                )
+                return sid, False
             except NameTaken:
                 continue  # registered by someone else meanwhile: compare with theirs
         raise NameTaken("study.name", f"the name {spec.name!r} is already registered")

@@ -9,6 +9,8 @@ failure report is dropped (the lease expires there), and study state comes from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import random
 import re
@@ -30,7 +32,7 @@ from ld2.core.errors import (
     TrialRejected,
 )
 from ld2.core.planning import check_max_size
-from ld2.core.study import StudySpec, parse_study
+from ld2.core.study import StudySpec, parse_study, with_limit
 from ld2.core.subspace import trial_range
 from ld2.store.base import (
     Backlog,
@@ -114,9 +116,12 @@ class HttpTable(Table):
         return (await self._request(method, path, **kw)).json()
 
     # -- studies --------------------------------------
-    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
-        parse_study(registry)  # refuse locally what the server would refuse, with the same message
-        body = m.StudyRegisterParam(study=registry, priority=priority).model_dump(mode="json")
+    async def register_study(
+        self, registry: m.StudyRegistry, *, priority: int = 0, trial_limit: float | None = None
+    ) -> str:
+        # refuse locally what the server would refuse, with the same message
+        with_limit(parse_study(registry), trial_limit)
+        body = _register_body(registry, priority, trial_limit)
         try:
             return str((await self._json("POST", "/study/register", json=body))["study_id"])
         except InvalidInput as err:
@@ -131,6 +136,10 @@ class HttpTable(Table):
     async def _spec(self, study_id: str) -> StudySpec:
         spec = self._specs.get(study_id)
         if spec is None:
+            with contextlib.suppress(_NoSuchEndpoint, NotFound):  # ld2's view has the limit
+                return self._from_info(
+                    await self._json("GET", "/study/info", params={"study_id": study_id})
+                ).spec
             for s in await self._summaries():
                 self._specs.setdefault(s.study_id, parse_study(registry_of(s, s.parameter_space)))
             spec = self._specs.get(study_id)
@@ -151,9 +160,12 @@ class HttpTable(Table):
 
     def _from_info(self, data: dict[str, Any]) -> StudyState:
         summary = m.StudySummary.model_validate(data["summary"])
-        spec = self._specs.setdefault(
-            summary.study_id, parse_study(registry_of(summary, summary.parameter_space))
-        )
+        spec = self._specs.get(summary.study_id)
+        if spec is None:
+            spec = parse_study(registry_of(summary, summary.parameter_space))
+            if data.get("trial_limit_seconds") is not None:
+                spec = dataclasses.replace(spec, trial_limit=float(data["trial_limit_seconds"]))
+            self._specs[summary.study_id] = spec
         return StudyState(
             study_id=summary.study_id,
             spec=spec,
@@ -210,14 +222,14 @@ class HttpTable(Table):
         return int(data["requeued_grids"])
 
     async def submit_study(
-        self, registry: m.StudyRegistry, *, priority: int = 0
+        self, registry: m.StudyRegistry, *, priority: int = 0, trial_limit: float | None = None
     ) -> tuple[str, bool]:
-        parse_study(registry)
-        body = m.StudyRegisterParam(study=registry, priority=priority).model_dump(mode="json")
+        with_limit(parse_study(registry), trial_limit)
+        body = _register_body(registry, priority, trial_limit)
         try:
             data = await self._json("POST", "/study/submit", json=body)
         except _NoSuchEndpoint:  # lite_dist2: compare here, then /study/register
-            return await super().submit_study(registry, priority=priority)
+            return await super().submit_study(registry, priority=priority, trial_limit=trial_limit)
         except StudyConflict as err:
             raise StudyConflict(registry.name or "", err.study_id, err.differences) from None
         return str(data["study_id"]), bool(data["existed"])
@@ -446,6 +458,15 @@ def _deadline(content: bytes) -> datetime | None:
     if found is None:
         return None
     return datetime.fromtimestamp(int(found.group(1)) / 1000, tz=UTC)
+
+
+def _register_body(
+    registry: m.StudyRegistry, priority: int, trial_limit: float | None
+) -> dict[str, Any]:
+    """lite_dist2's register body; ld2's extras only when set (lite_dist2 ignores them)."""
+    param = m.StudyRegisterParam(study=registry, priority=priority, trial_limit_seconds=trial_limit)
+    unset = {"trial_limit_seconds"} if trial_limit is None else set()
+    return param.model_dump(mode="json", exclude=unset)
 
 
 def _json_or_none(resp: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import inspect
 import time
@@ -38,7 +39,7 @@ from ld2.core.errors import (
 from ld2.core.planning import Permutation, check_max_size
 from ld2.core.snapshot import parse_snapshot
 from ld2.core.strategies import best_of, find_hit, order_key
-from ld2.core.study import StudySpec, parse_study
+from ld2.core.study import StudySpec, parse_study, with_limit
 from ld2.core.subspace import trial_range
 from ld2.store import health, lite_dist2_import
 from ld2.store.base import (
@@ -164,6 +165,11 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     return stream
 
 
+def _stored_spec(raw: bytes, limit_ms: bytes | None) -> StudySpec:
+    spec = parse_study(m.StudyRegistry.model_validate_json(raw))
+    return spec if limit_ms is None else dataclasses.replace(spec, trial_limit=int(limit_ms) / 1000)
+
+
 def _lease_ms(lease: float | None) -> int:
     """A reservation's own lease in ms (0: the study's trial timeout)."""
     if lease is None:
@@ -253,8 +259,10 @@ class RedisTable(Table):
         await self.client.aclose()
 
     # -- studies -----------------------------------------------
-    async def register_study(self, registry: m.StudyRegistry, *, priority: int = 0) -> str:
-        spec = parse_study(registry)
+    async def register_study(
+        self, registry: m.StudyRegistry, *, priority: int = 0, trial_limit: float | None = None
+    ) -> str:
+        spec = with_limit(parse_study(registry), trial_limit)
         if spec.total is not None and spec.total > MAX_TOTAL:
             raise InvalidInput(
                 "study.parameter_space",
@@ -264,6 +272,8 @@ class RedisTable(Table):
             raise InvalidInput("priority", "must be between -1000 and 1000")
         sid, seq = await self._new_study_id(spec)
         fields = self._study_fields(spec, sid, seq, priority)
+        if trial_limit is not None:
+            fields["limit_ms"] = str(int(trial_limit * 1000))
         flat_args = [x for kv in fields.items() for x in kv]
         try:
             await self._call("create", self.study_keys(sid)[:1], flat_args)
@@ -342,10 +352,10 @@ class RedisTable(Table):
     async def _spec(self, sid: str) -> StudySpec:
         spec = self._specs.get(sid)
         if spec is None:
-            raw = await self.client.hget(self.study_keys(sid)[0], "spec")
+            raw, limit_ms = await self.client.hmget(self.study_keys(sid)[0], "spec", "limit_ms")
             if raw is None:
                 raise NotFound(f"Study not found: study_id={sid}")
-            spec = parse_study(m.StudyRegistry.model_validate_json(raw))
+            spec = _stored_spec(raw, limit_ms)
             self._specs[sid] = spec
         return spec
 
@@ -464,18 +474,18 @@ class RedisTable(Table):
         sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.hmget(self.study_keys(sid)[0], "status", "spec")
+                pipe.hmget(self.study_keys(sid)[0], "status", "spec", "limit_ms")
             rows = await pipe.execute()
         running: list[tuple[str, frozenset[str]]] = []
         waiting: list[tuple[str, frozenset[str]]] = []
         gone: list[str] = []
-        for sid, (status, spec_json) in zip(sids, rows, strict=True):
+        for sid, (status, spec_json, limit_ms) in zip(sids, rows, strict=True):
             if status is None or status == b"done":
                 gone.append(sid)
                 continue
             spec = self._specs.get(sid)
             if spec is None:
-                spec = parse_study(m.StudyRegistry.model_validate_json(spec_json))
+                spec = _stored_spec(spec_json, limit_ms)
                 self._specs[sid] = spec
             (running if status == b"running" else waiting).append((sid, spec.capacities))
         if gone:

@@ -336,11 +336,14 @@ class Worker:
         await self._hand_back(res, what, "split")
 
     def _limit_for(self, res: Reservation) -> float:
-        """Seconds the trial may compute: --trial-limit, else LIMIT_FACTOR times what this
+        """Seconds the trial may compute: --trial-limit, else the study's trial_limit_seconds,
+        else LIMIT_FACTOR times what this
         worker's running average for the study and runner predicts for its points (at least
         LIMIT_FLOOR), else (no trial computed yet) FIRST_LIMIT."""
         if self.config.trial_limit is not None:
             return self.config.trial_limit
+        if res.spec.trial_limit is not None:  # the study's own setting
+            return res.spec.trial_limit
         seconds, points = self._timing.get(self._key(res), (0.0, 0.0))
         if points == 0:
             return FIRST_LIMIT

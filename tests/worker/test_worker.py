@@ -302,3 +302,27 @@ async def test_a_stop_answer_abandons_the_trial_at_once(tmp_path, monkeypatch, r
         # the first trial, [0, 100), is slow; the second holds the hit: the first is dropped
         assert stats.abandoned >= 1
         assert asyncio.get_running_loop().time() - t0 < 4.5  # well before its 5 s computation
+
+
+async def test_a_study_trial_limit_ends_a_hung_runner(tmp_path, monkeypatch, request) -> None:  # type: ignore[no-untyped-def]
+    mod = _square_module(
+        tmp_path,
+        monkeypatch,
+        (
+            "import time\nfrom ld2.worker.runners import runner\n"
+            "@runner('hangs-on-3')\n"
+            "def hangs(x):\n"
+            "    if x == 3:\n"
+            "        time.sleep(3600)\n"
+            "    return x * x\n"
+        ),
+    )
+    async with make_table(request, "valkey", max_attempts=1) as table:
+        reg = registry([int_axis("x", 6)], capacity=["hangs-on-3"])
+        sid = await table.register_study(reg, trial_limit=1.0)  # the study's own setting
+        worker = _worker(table, ["hangs-on-3"], mod=mod, max_size=1, exit_when_idle=2.0)
+        await asyncio.wait_for(worker.run(), 60)
+        state = await table.get_study(sid)
+        assert (state.status, state.done, state.failed) == ("done", 5, 1)
+        (failure,) = await table.failures(sid)
+        assert failure.start == 3 and "TrialTimeout" in failure.error and "1.0 s" in failure.error
