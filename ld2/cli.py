@@ -268,25 +268,32 @@ async def _get_live(table: Table, sid: str, label: str) -> StudyState:
 async def _wait(table: Table, sid: str, every: float = 0.5) -> StudyState:
     """A progress bar until the study is done (a study that vanishes is an error). An
     unreachable backend is waited out with backoff, said once per outage."""
-    state = await table.get_study(sid)
-    with _progress() as bar:
-        total = "∞" if state.total is None else f"{state.total:,}"
-        task = bar.add_task(escape(_safe(state.label)), total=state.total or None, shown="")
-        lost: float | None = None
-        delay = every
+    lost: float | None = None
+    delay = every
+
+    async def poll(label: str) -> StudyState:
+        nonlocal lost, delay
         while True:
             try:
-                state = await _get_live(table, sid, state.label)
+                state = await _get_live(table, sid, label)
             except BackendUnavailable as err:
                 if lost is None:
                     lost = time.monotonic()
-                    bar.console.print(f"ld2: {err}; waiting for it to come back", markup=False)
+                    console.print(f"ld2: {err}; waiting for it to come back", markup=False)
                 delay = min(delay * 2, 10.0)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 continue
             if lost is not None:
-                bar.console.print(f"ld2: the backend is back after {time.monotonic() - lost:.1f} s")
+                console.print(f"ld2: the backend is back after {time.monotonic() - lost:.1f} s")
                 lost, delay = None, every
+            return state
+
+    state = await poll(sid)
+    with _progress() as bar:
+        total = "∞" if state.total is None else f"{state.total:,}"
+        task = bar.add_task(escape(_safe(state.label)), total=state.total or None, shown="")
+        while True:
+            state = await poll(state.label)
             done = state.done + state.failed
             bar.update(task, completed=done, shown=f"{done:,}/{total}")
             if state.status == "done":

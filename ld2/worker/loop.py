@@ -129,6 +129,7 @@ class Worker:
         self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
         self._worked_at = time.monotonic()  # --exit-when-idle: when a trial last computed
         self._outage_since: float | None = None  # the backend has been unreachable since
+        self._gone: set[str] = set()  # studies found deleted while this worker held a trial
         self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
         # pools ended on purpose (a trial over its limit): their other trials are recomputed
         self._ended: weakref.WeakSet[concurrent.futures.ProcessPoolExecutor] = weakref.WeakSet()
@@ -203,7 +204,16 @@ class Worker:
                     self.table.register_and_reserve, done, values, caps, size, self.name,
                     lease=self.config.lease,
                 )  # fmt: skip
-            except (TrialRejected, NotFound) as err:
+            except NotFound:
+                if done.study_id not in self._gone:  # said once per study, not per trial
+                    self._gone.add(done.study_id)
+                    log.warning(
+                        "study %s no longer exists (deleted or cancelled, or Redis lost its "
+                        "data): its work is dropped; serving the other studies",
+                        done.spec.name or done.study_id,
+                    )
+                res = None
+            except TrialRejected as err:
                 log.warning("trial %s not registered: %s", done.trial_id, err)
                 res = None
         if res is not None:  # reserved with the last registration, never started

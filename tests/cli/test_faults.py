@@ -205,6 +205,9 @@ def test_redis_restarted_without_its_data(tmp_path: Path) -> None:
                 assert done.returncode == 0, done.stderr  # the same worker carries on
                 rows = _results(tmp_path, "after", env)
                 assert [int(r[1]) for r in rows] == [x * x for x in range(30)]
+                worker.terminate()
+                _, said = worker.communicate(timeout=30)
+                assert said.count("no longer exists") == 1, said  # said once, not per trial
         finally:
             for p in (worker, waiting):
                 if p.poll() is None:
