@@ -467,99 +467,87 @@ def result(
     _run(go())
 
 
-@app.command()
-def delete(
-    study: Annotated[str, typer.Argument(help="A study id or name.")],
-    redis: RedisOpt = None,
-    api: ApiOpt = None,
-    token: TokenOpt = None,
+StudyArg = Annotated[str, typer.Argument(help="A study id or name.")]
+
+
+def _study_command(
+    name: str, doc: str, act: Callable[[Table, StudyState], Awaitable[None]]
 ) -> None:
-    """Forget a study in any state, with its results and failures; its name becomes free."""
+    """Register ``ld2 NAME STUDY``: find the study by id or name, then `act` on it."""
 
-    async def go() -> None:
-        async with _table(redis, api, token) as table:
-            gone = await table.delete((await _find(table, study)).study_id)
-            typer.echo(
-                f"deleted {_safe(gone.name or gone.study_id)} ({gone.study_id}): "
-                f"it was {gone.status}, "
-                f"with {gone.done:,} results and {gone.failed:,} failed points"
-            )
-
-    _run(go())
-
-
-@app.command()
-def failures(
-    study: Annotated[str, typer.Argument(help="A study id or name.")],
-    redis: RedisOpt = None,
-    api: ApiOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """List a study's failed (quarantined) points with their values and errors."""
-    from ld2 import summary
-
-    async def go() -> None:
-        async with _table(redis, api, token) as table:
-            state = await _find(table, study)
-            found = await table.failures(state.study_id)
-            if not found:
-                typer.echo(f"{_safe(state.label)}: no failed points")
-                return
-            typer.echo(f"{_safe(state.label)}: {state.failed:,} failed points")
-            for f in found:
-                typer.echo("  " + summary.failure_text(state, f))
-
-    _run(go())
-
-
-@app.command()
-def retry(
-    study: Annotated[str, typer.Argument(help="A study id or name.")],
-    redis: RedisOpt = None,
-    api: ApiOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Put a study's failed points back to work (after the runner was fixed)."""
-
-    async def go() -> None:
-        async with _table(redis, api, token) as table:
-            state = await _find(table, study)
-            n = await table.retry_failures(state.study_id)
-            if n:
-                typer.echo(f"{_safe(state.label)}: {n:,} failed points requeued")
-            elif state.spec.strategy == "find_exact" and state.hit_flat is not None:
-                typer.echo(f"{_safe(state.label)}: already solved; nothing to retry")
-            else:
-                typer.echo(f"{_safe(state.label)}: no failed points")
-
-    _run(go())
-
-
-def _control(action: str) -> Callable[..., None]:
     def command(
-        study: Annotated[str, typer.Argument(help="A study id or name.")],
-        redis: RedisOpt = None,
-        api: ApiOpt = None,
-        token: TokenOpt = None,
+        study: StudyArg, redis: RedisOpt = None, api: ApiOpt = None, token: TokenOpt = None
     ) -> None:
         async def go() -> None:
             async with _table(redis, api, token) as table:
-                state = await _find(table, study)
-                await getattr(table, action)(state.study_id)
-                typer.echo(f"{action}: {_safe(state.label)}")
+                await act(table, await _find(table, study))
 
         _run(go())
 
-    command.__doc__ = {
-        "cancel": "Cancel an active study (its results are dropped, its name is freed).",
-        "pause": "Stop handing out trials of a study (work in flight may finish).",
-        "resume": "Hand out trials of a paused study again.",
-    }[action]
-    return command
+    command.__doc__ = doc
+    app.command(name)(command)
 
 
-for _action in ("cancel", "pause", "resume"):
-    app.command(_action)(_control(_action))
+async def _delete(table: Table, state: StudyState) -> None:
+    gone = await table.delete(state.study_id)
+    typer.echo(
+        f"deleted {_safe(gone.name or gone.study_id)} ({gone.study_id}): it was {gone.status}, "
+        f"with {gone.done:,} results and {gone.failed:,} failed points"
+    )
+
+
+async def _failures(table: Table, state: StudyState) -> None:
+    from ld2 import summary
+
+    found = await table.failures(state.study_id)
+    if not found:
+        typer.echo(f"{_safe(state.label)}: no failed points")
+        return
+    typer.echo(f"{_safe(state.label)}: {state.failed:,} failed points")
+    for f in found:
+        typer.echo("  " + summary.failure_text(state, f))
+
+
+async def _retry(table: Table, state: StudyState) -> None:
+    n = await table.retry_failures(state.study_id)
+    if n:
+        typer.echo(f"{_safe(state.label)}: {n:,} failed points requeued")
+    elif state.spec.strategy == "find_exact" and state.hit_flat is not None:
+        typer.echo(f"{_safe(state.label)}: already solved; nothing to retry")
+    else:
+        typer.echo(f"{_safe(state.label)}: no failed points")
+
+
+def _control(action: str) -> Callable[[Table, StudyState], Awaitable[None]]:
+    async def act(table: Table, state: StudyState) -> None:
+        await getattr(table, action)(state.study_id)
+        typer.echo(f"{action}: {_safe(state.label)}")
+
+    return act
+
+
+_study_command(
+    "delete",
+    "Forget a study in any state, with its results and failures; its name becomes free.",
+    _delete,
+)
+_study_command(
+    "failures",
+    "List a study's failed (quarantined) points with their values and errors.",
+    _failures,
+)
+_study_command(
+    "retry", "Put a study's failed points back to work (after the runner was fixed).", _retry
+)
+_study_command(
+    "cancel",
+    "Cancel an active study (its results are dropped, its name is freed).",
+    _control("cancel"),
+)
+_study_command(
+    "pause", "Stop handing out trials of a study (work in flight may finish).", _control("pause")
+)
+_study_command("resume", "Hand out trials of a paused study again.", _control("resume"))
 
 
 # -- processes ------------------------------------------------------------------------------------
