@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -125,6 +125,21 @@ class BacklogModel(BaseModel):
 
 
 LeaseSeconds = Annotated[float | None, Field(None, gt=0, le=86_400)]
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=128,
+        pattern=r"^[!-~]+$",
+        description=(
+            "ld2 extra: one id (1 to 128 visible ASCII characters, e.g. a UUID) for every "
+            "attempt of one call; a retry whose first reply was lost is answered as the first "
+            "attempt was (the same trial, the same outcome), for a few minutes. lite_dist2 "
+            "servers ignore it."
+        ),
+    ),
+]
 
 
 class ReserveParam(m.TrialReserveParam):
@@ -273,16 +288,18 @@ def create_app(
         responses={202: {"model": m.TrialReserveResponse, "description": "no trial available"}},
         tags=["lite_dist2"],
     )
-    async def reserve(param: ReserveParam) -> Response:
+    async def reserve(param: ReserveParam, idempotency_key: IdempotencyKey = None) -> Response:
         res = await T().reserve(
             param.retaining_capacity, param.max_size, param.worker_node_id, param.worker_node_name,
-            lease=param.lease_seconds,
+            lease=param.lease_seconds, request_id=idempotency_key,
         )  # fmt: skip
         return await _trial_reply(T(), res, with_deadline=param.lease_seconds is not None)
 
     @app.post("/trial/register", response_model=m.OkResponse, tags=["lite_dist2"])
-    async def register_trial(param: m.TrialRegisterParam) -> m.OkResponse:
-        await T().register_trial(param.trial)
+    async def register_trial(
+        param: m.TrialRegisterParam, idempotency_key: IdempotencyKey = None
+    ) -> m.OkResponse:
+        await T().register_trial(param.trial, request_id=idempotency_key)
         return m.OkResponse(ok=True)
 
     @app.get(
@@ -312,18 +329,21 @@ def create_app(
         return LeaseAnswer(answer=await T().heartbeat(param.trial_id, param.worker_node_id))
 
     @app.post("/trial/fail", response_model=m.OkResponse, tags=["ld2"])
-    async def fail(param: FailParam) -> m.OkResponse:
+    async def fail(param: FailParam, idempotency_key: IdempotencyKey = None) -> m.OkResponse:
         """Hand a trial back: a failure (counts an attempt) or a shutdown (not counted)."""
         mode: FailMode = param.mode or ("split" if param.count_attempt else "release")
-        await T().fail(param.trial_id, param.worker_node_id, param.error, mode=mode)
+        await T().fail(
+            param.trial_id, param.worker_node_id, param.error, mode=mode,
+            request_id=idempotency_key,
+        )  # fmt: skip
         return m.OkResponse(ok=True)
 
     @app.post("/trial/cycle", response_model=m.TrialReserveResponse, tags=["ld2"])
-    async def cycle(param: CycleParam) -> Response:
+    async def cycle(param: CycleParam, idempotency_key: IdempotencyKey = None) -> Response:
         """Register a trial and reserve the next one in one request (202 when none is left)."""
         _, nxt = await T().register_trial_and_reserve(
             param.trial, param.retaining_capacity, param.max_size, param.worker_node_name,
-            lease=param.lease_seconds,
+            lease=param.lease_seconds, request_id=idempotency_key,
         )  # fmt: skip
         return await _trial_reply(T(), nxt, with_deadline=param.lease_seconds is not None)
 
@@ -541,7 +561,12 @@ def _errors(app: FastAPI) -> None:
 
     app.add_exception_handler(InvalidInput, handler(400))
     app.add_exception_handler(NotFound, handler(404))
-    app.add_exception_handler(TrialRejected, handler(409))
+
+    async def rejected(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TrialRejected)  # lite_dist2's detail, and ld2's code for it
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=409)
+
+    app.add_exception_handler(TrialRejected, rejected)
     app.add_exception_handler(BackendUnavailable, handler(503))
 
     async def conflict(request: Request, exc: Exception) -> JSONResponse:

@@ -241,14 +241,22 @@ class Table(abc.ABC):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> Reservation | None:
         """Lease the next trial of the first study these capacities cover, or None.
 
         `lease` (seconds) is this reservation's own lease, for a client that heartbeats;
-        None leaves it at the study's trial timeout (lite_dist2's clients never heartbeat)."""
+        None leaves it at the study's trial timeout (lite_dist2's clients never heartbeat).
+
+        `request_id` (here and in every call that changes a trial) names one logical call
+        across its retries: a retry whose first reply was lost is answered as the first
+        attempt was (the same trial, the same outcome), not done twice. 1 to 128 visible
+        ASCII characters; None (lite_dist2's clients) remembers nothing."""
 
     @abc.abstractmethod
-    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+    async def register(
+        self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
+    ) -> Outcome:
         """Register a trial's results (typed array, flat order); "ignored" once solved."""
 
     async def register_and_reserve(
@@ -260,14 +268,18 @@ class Table(abc.ABC):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """A worker's steady state: register a trial, then reserve the next one.
 
         Implementations may do both in one round trip; the result is the same as calling
-        `register` and then `reserve`.
+        `register` and then `reserve` (with the same `request_id`).
         """
-        outcome = await self.register(trial, values)
-        nxt = await self.reserve(capacities, max_size, trial.worker_id, worker_name, lease=lease)
+        outcome = await self.register(trial, values, request_id=request_id)
+        nxt = await self.reserve(
+            capacities, max_size, trial.worker_id, worker_name, lease=lease,
+            request_id=request_id,
+        )  # fmt: skip
         return outcome, nxt
 
     async def register_trial_and_reserve(
@@ -278,16 +290,20 @@ class Table(abc.ABC):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """`register_trial`, then `reserve` for the same worker (one round trip where possible)."""
-        outcome = await self.register_trial(trial)
+        outcome = await self.register_trial(trial, request_id=request_id)
         nxt = await self.reserve(
-            capacities, max_size, trial.worker_node_id, worker_name, lease=lease
-        )
+            capacities, max_size, trial.worker_node_id, worker_name, lease=lease,
+            request_id=request_id,
+        )  # fmt: skip
         return outcome, nxt
 
     @abc.abstractmethod
-    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+    async def register_trial(
+        self, trial: m.TrialModel, *, request_id: str | None = None
+    ) -> Outcome:
         """Register a lite_dist2 trial upload (its space and mappings are checked)."""
 
     @abc.abstractmethod
@@ -296,9 +312,16 @@ class Table(abc.ABC):
 
     @abc.abstractmethod
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
+        self,
+        trial_id: str,
+        worker_id: str,
+        error: str,
+        *,
+        mode: FailMode = "split",
+        request_id: str | None = None,
     ) -> None:
-        """Hand a trial back (see `FailMode`)."""
+        """Hand a trial back (see `FailMode`); a retry with the same `request_id` of one
+        that went through changes nothing more."""
 
     @abc.abstractmethod
     async def reap(self) -> int:

@@ -1,9 +1,14 @@
 """`HttpTable`: the `Table` interface over ld2's HTTP API (and lite_dist2 0.6.7's endpoints).
 
 One pooled httpx client; timeouts; retries with exponential backoff and jitter on connection
-errors and 5xx (never on 4xx, which are answers). Against a lite_dist2 table node, the
-endpoints it lacks degrade: heartbeats answer "ok" (leases there cannot be extended), a
-failure report is dropped (the lease expires there), and study state comes from ``/status``.
+errors and 5xx (never on 4xx, which are answers). Every call that changes a trial (reserve,
+register, cycle, fail) carries a fresh ``Idempotency-Key``, the same on each of its retries, so
+that an ld2 server answers a retry whose reply was lost as it answered the first attempt
+(the same trial, not a second lease; "ok", not "already registered"). A 409's ``reason`` is
+read as `TrialRejected.reason` (lite_dist2 gives only a sentence). Against a lite_dist2 table
+node, the endpoints it lacks degrade: heartbeats answer "ok" (leases there cannot be
+extended), a failure report is dropped (the lease expires there), and study state comes from
+``/status``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import json
 import random
 import re
+import uuid
 from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,19 +95,24 @@ class HttpTable(Table):
             await self._lean.close()
 
     # -- transport --------------------------------------
-    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+    async def _request(
+        self, method: str, path: str, *, request_id: str | None = None, **kw: Any
+    ) -> Any:
         """One call, retried on connection errors and 5xx with backoff and jitter.
 
-        Plain-http JSON POSTs (the worker's hot path) go through the lean client."""
+        `request_id` goes out as ``Idempotency-Key`` on every attempt: an ld2 server answers a
+        retry whose first reply was lost as it answered that first attempt (lite_dist2 ignores
+        the header). Plain-http JSON POSTs (the worker's hot path) go through the lean client."""
         lean = self._lean if method == "POST" and "json" in kw and not kw.get("params") else None
         body = json.dumps(kw["json"], separators=(",", ":")).encode() if lean else b""
+        headers = {ID_HEADER: request_id} if request_id else None
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 if lean is not None:
-                    resp: Any = await lean.post(path, body)
+                    resp: Any = await lean.post(path, body, headers)
                 else:
-                    resp = await self.client.request(method, path, **kw)
+                    resp = await self.client.request(method, path, headers=headers, **kw)
             except (httpx.TransportError, OSError, TimeoutError) as err:
                 if attempt == self.retries:
                     raise BackendUnavailable(f"ld2 API at {self.url}: {err!r}") from err
@@ -246,6 +257,7 @@ class HttpTable(Table):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> Reservation | None:
         check_max_size(max_size)
         body: dict[str, Any] = {
@@ -256,7 +268,8 @@ class HttpTable(Table):
         }
         if lease is not None:
             body["lease_seconds"] = lease  # an ld2 extra; lite_dist2 ignores it
-        resp = await self._request("POST", "/trial/reserve", json=body)
+        rid = request_id or _new_id()
+        resp = await self._request("POST", "/trial/reserve", json=body, request_id=rid)
         return await self._reservation(resp, worker_id, worker_name)
 
     async def _reservation(
@@ -289,8 +302,10 @@ class HttpTable(Table):
         model.results = results.to_mappings(spec.space, trial.start, typed, spec.value_type)
         return model
 
-    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
-        return await self.register_trial(self._upload(trial, values))
+    async def register(
+        self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
+    ) -> Outcome:
+        return await self.register_trial(self._upload(trial, values), request_id=request_id)
 
     async def register_and_reserve(
         self,
@@ -301,11 +316,13 @@ class HttpTable(Table):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """One request (``/trial/cycle``) on ld2; two on lite_dist2, which lacks it."""
+        rid = request_id or _new_id()
         if not self._has_cycle or not isinstance(trial, Reservation):
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name, lease=lease
+                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid
             )
         check_max_size(max_size)
         model = self._upload(trial, values)
@@ -318,17 +335,20 @@ class HttpTable(Table):
         if lease is not None:
             body["lease_seconds"] = lease
         try:
-            resp = await self._request("POST", "/trial/cycle", json=body)
+            resp = await self._request("POST", "/trial/cycle", json=body, request_id=rid)
         except _NoSuchEndpoint:
             self._has_cycle = False
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name, lease=lease
+                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid
             )
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
-    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+    async def register_trial(
+        self, trial: m.TrialModel, *, request_id: str | None = None
+    ) -> Outcome:
         body = m.TrialRegisterParam(trial=trial).model_dump(mode="json")
-        await self._request("POST", "/trial/register", json=body)
+        rid = request_id or _new_id()
+        await self._request("POST", "/trial/register", json=body, request_id=rid)
         return "ok"
 
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
@@ -340,7 +360,13 @@ class HttpTable(Table):
         return "stop" if data["answer"] == "stop" else "ok"
 
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
+        self,
+        trial_id: str,
+        worker_id: str,
+        error: str,
+        *,
+        mode: FailMode = "split",
+        request_id: str | None = None,
     ) -> None:
         body = {
             "trial_id": trial_id,
@@ -349,8 +375,9 @@ class HttpTable(Table):
             "count_attempt": mode != "release",
             "mode": mode,
         }
+        rid = request_id or _new_id()
         try:
-            await self._request("POST", "/trial/fail", json=body)
+            await self._request("POST", "/trial/fail", json=body, request_id=rid)
         except _NoSuchEndpoint:
             return  # lite_dist2: the lease simply expires there
 
@@ -419,6 +446,14 @@ class HttpTable(Table):
         return list(await self._json("POST", "/snapshot", json=data))
 
 
+ID_HEADER = "idempotency-key"
+"""ld2's request-id header: one id for every attempt of one logical call (see docs/api.md)."""
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
 class _NoSuchEndpoint(NotFound):
     """A 404 for the path itself (an older or lite_dist2 server), not for a study."""
 
@@ -436,8 +471,11 @@ def _raise_for(resp: Any, path: str) -> Any:
         raise NotFound(str(detail))
     if resp.status_code == 409:
         body = _json_or_none(resp)
-        if body.get("reason") == "study_differs":
+        reason = body.get("reason")
+        if reason == "study_differs":
             raise StudyConflict("", body.get("study_id", ""), list(body.get("differences", [])))
+        if isinstance(reason, str) and reason:  # ld2 names the reason; lite_dist2 says words
+            raise TrialRejected(reason, str(detail))
         raise TrialRejected.from_message(str(detail))
     if resp.status_code in (400, 401, 413, 422):
         if isinstance(detail, list):

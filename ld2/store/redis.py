@@ -71,6 +71,8 @@ DEFAULT_TIMEOUT_S = 600
 DEFAULT_MAX_ATTEMPTS = 3
 STALE_CLAIM_MS = 60_000
 """A name claimed this long ago by a study that was never created is free again."""
+REPLY_TTL_MS = 300_000
+"""How long a reply is remembered for a retry of the same request id (see docs/store.md)."""
 
 
 def _load_scripts() -> dict[str, str]:
@@ -179,6 +181,15 @@ def _lease_ms(lease: float | None) -> int:
     return max(1, int(lease * 1000))
 
 
+def _request_id(request_id: str | None) -> str | None:
+    """A client's request id (``Idempotency-Key``): 1 to 128 visible ASCII characters."""
+    if request_id is not None and not (
+        0 < len(request_id) <= 128 and all("!" <= c <= "~" for c in request_id)
+    ):
+        raise InvalidInput("request_id", "must be 1 to 128 visible ASCII characters")
+    return request_id
+
+
 def study_id_of(trial_id: str) -> str:
     """Trial ids are ``<study id>-0x<n>``, so the study follows from the trial."""
     sid, sep, _ = trial_id.rpartition("-")
@@ -196,7 +207,13 @@ class RedisTable(Table):
     cached by this process before a reserve reads it again. With `fair_share` (ld2's workers
     sizing their own trials) no reservation takes more than the points left divided by twice
     the number of workers seen in the last 30 s.
+
+    A call with a `request_id` (an ld2 client's ``Idempotency-Key``) has its reply remembered
+    for `reply_ttl_ms` in the same script call as its change, and a retry gets that reply
+    again: the same trial, the same outcome (see docs/store.md, "Request ids").
     """
+
+    reply_ttl_ms: int = REPLY_TTL_MS
 
     def __init__(
         self,
@@ -516,9 +533,11 @@ class RedisTable(Table):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> Reservation | None:
         check_max_size(max_size)
         lease_ms = _lease_ms(lease)
+        rid = _request_id(request_id)
         if not worker_id:
             raise InvalidInput("worker_node_id", "must not be empty")
         retained = frozenset(capacities)
@@ -527,14 +546,15 @@ class RedisTable(Table):
         if fresh:
             await self._refresh_index()
         for attempt in range(2):
-            for sid, caps in list(self._index):
-                if not caps <= retained:
-                    continue
+            order = [sid for sid, caps in self._index if caps <= retained]
+            if rid is not None and len(order) > 1:
+                order = await self._holder_first(order, rid)
+            for sid in order:
                 try:
                     size = clamp_max_size(await self._spec(sid), max_size)
                 except NotFound:  # gone meanwhile: the script says so and the index forgets it
                     size = max_size
-                got = await self._reserve_in(sid, size, worker_id, worker_name, lease_ms)
+                got = await self._reserve_in(sid, size, worker_id, worker_name, lease_ms, rid)
                 if got is not None:
                     return got
             if fresh or attempt:
@@ -543,11 +563,45 @@ class RedisTable(Table):
             fresh = True
         return None
 
+    def _reply_key(self, sid: str, request_id: str) -> str:
+        """Where the replies to `request_id` in study `sid` are remembered (its hash tag)."""
+        return f"{self.prefix}:{{{sid}}}:reply:{request_id}"
+
+    def _with_reply(
+        self, sid: str, keys: list[str], args: list[Any], request_id: str | None
+    ) -> tuple[list[str], list[Any]]:
+        """A script's keys and arguments, plus the reply key and expiry for a request id."""
+        if request_id is None:
+            return keys, args
+        return [*keys, self._reply_key(sid, request_id)], [*args, self.reply_ttl_ms]
+
+    async def _holder_first(self, sids: list[str], request_id: str) -> list[str]:
+        """`sids` with the study that remembers a lease for `request_id` first, if any.
+
+        A retried reserve whose first reply was lost may have leased in any study; trying
+        the studies in order, an earlier one that has work now would hand out a second trial
+        before the script of the holder replays the first. One round trip of GETs."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.get(self._reply_key(sid, request_id))
+            found = await pipe.execute()
+        for sid, value in zip(sids, found, strict=True):
+            if (_s(value) or "").partition("\n")[2]:
+                return [sid, *(s for s in sids if s != sid)]
+        return sids
+
     async def _reserve_in(
-        self, sid: str, max_size: int, worker_id: str, worker_name: str | None, lease_ms: int = 0
+        self,
+        sid: str,
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None,
+        lease_ms: int = 0,
+        request_id: str | None = None,
     ) -> Reservation | None:
         args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers, lease_ms]
-        reply = await self._call("reserve", self.study_keys(sid)[:5], args)
+        keys, args = self._with_reply(sid, self.study_keys(sid)[:5], args, request_id)
+        reply = await self._call("reserve", keys, args)
         return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
 
     async def _reservation(
@@ -575,10 +629,13 @@ class RedisTable(Table):
         return None
 
     # -- register -----------------------------------------------
-    async def register(self, trial: TrialRef, values: np.ndarray) -> Outcome:
+    async def register(
+        self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
+    ) -> Outcome:
+        rid = _request_id(request_id)
         spec = await self._spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
-        return await self._register_typed(spec, trial, typed)
+        return await self._register_typed(spec, trial, typed, rid)
 
     async def _upload(self, trial: m.TrialModel) -> tuple[StudySpec, TrialRef, np.ndarray]:
         """A lite_dist2 upload checked against its study: the trial and its typed results."""
@@ -602,9 +659,12 @@ class RedisTable(Table):
             typed,
         )
 
-    async def register_trial(self, trial: m.TrialModel) -> Outcome:
+    async def register_trial(
+        self, trial: m.TrialModel, *, request_id: str | None = None
+    ) -> Outcome:
+        rid = _request_id(request_id)
         spec, ref, typed = await self._upload(trial)
-        return await self._register_typed(spec, ref, typed)
+        return await self._register_typed(spec, ref, typed, rid)
 
     async def register_trial_and_reserve(
         self,
@@ -614,10 +674,12 @@ class RedisTable(Table):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
+        rid = _request_id(request_id)
         spec, ref, typed = await self._upload(trial)
         return await self._register_and_reserve_typed(
-            spec, ref, typed, capacities, max_size, worker_name, lease
+            spec, ref, typed, capacities, max_size, worker_name, lease, rid
         )
 
     def _register_args(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> list[Any]:
@@ -654,9 +716,13 @@ class RedisTable(Table):
             raise NotFound(f"Study not found: study_id={trial.study_id}")
         raise TrialRejected(outcome, REJECTIONS.get(outcome, outcome))
 
-    async def _register_typed(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> Outcome:
+    async def _register_typed(
+        self, spec: StudySpec, trial: TrialRef, typed: np.ndarray, request_id: str | None = None
+    ) -> Outcome:
+        sid = trial.study_id
         args = self._register_args(spec, trial, typed)
-        reply = await self._call("register", self.study_keys(trial.study_id), args)
+        keys, args = self._with_reply(sid, self.study_keys(sid), args, request_id)
+        reply = await self._call("register", keys, args)
         outcome, status = (_s(x) or "" for x in reply)
         return await self._outcome(trial, outcome, status)
 
@@ -669,13 +735,15 @@ class RedisTable(Table):
         worker_name: str | None = None,
         *,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
         """Register, then lease the next trial of the same study in the same round trip, as
         long as that study is still the first one these capacities should work on."""
+        rid = _request_id(request_id)
         spec = await self._spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_and_reserve_typed(
-            spec, trial, typed, capacities, max_size, worker_name, lease
+            spec, trial, typed, capacities, max_size, worker_name, lease, rid
         )
 
     async def _register_and_reserve_typed(
@@ -687,17 +755,22 @@ class RedisTable(Table):
         max_size: int,
         worker_name: str | None,
         lease: float | None = None,
+        request_id: str | None = None,
     ) -> tuple[Outcome, Reservation | None]:
+        """With a request id, the registration is remembered in the trial's study and the
+        reservation in the study it came from (one script call each, or both in cycle.lua); a
+        retry replays both, looking for the lease in every study (`reserve`)."""
         size = clamp_max_size(spec, max_size)  # this study's limit; another's may differ
         if time.monotonic() - self._index_at > self.index_ttl:
             await self._refresh_index()
         retained = frozenset(capacities)
         first = next((sid for sid, caps in self._index if caps <= retained), None)
         if first != trial.study_id:
-            outcome = await self._register_typed(spec, trial, typed)
+            outcome = await self._register_typed(spec, trial, typed, request_id)
             nxt = await self.reserve(
-                capacities, max_size, trial.worker_id, worker_name, lease=lease
-            )
+                capacities, max_size, trial.worker_id, worker_name, lease=lease,
+                request_id=request_id,
+            )  # fmt: skip
             return outcome, nxt
         args = [
             *self._register_args(spec, trial, typed),
@@ -708,15 +781,16 @@ class RedisTable(Table):
             self._live_workers,
             _lease_ms(lease),
         ]
-        reply = [
-            _s(x) or "" for x in await self._call("cycle", self.study_keys(trial.study_id), args)
-        ]
+        sid = trial.study_id
+        keys, args = self._with_reply(sid, self.study_keys(sid), args, request_id)
+        reply = [_s(x) or "" for x in await self._call("cycle", keys, args)]
         outcome = await self._outcome(trial, reply[0], reply[1])
-        nxt = await self._reservation(trial.study_id, reply[2:], trial.worker_id, worker_name)
+        nxt = await self._reservation(sid, reply[2:], trial.worker_id, worker_name)
         if nxt is None:
             nxt = await self.reserve(
-                capacities, max_size, trial.worker_id, worker_name, lease=lease
-            )
+                capacities, max_size, trial.worker_id, worker_name, lease=lease,
+                request_id=request_id,
+            )  # fmt: skip
         return outcome, nxt
 
     # -- leases -----------------------------------------------
@@ -728,15 +802,21 @@ class RedisTable(Table):
         return "ok" if answer == "ok" else "stop"
 
     async def fail(
-        self, trial_id: str, worker_id: str, error: str, *, mode: FailMode = "split"
+        self,
+        trial_id: str,
+        worker_id: str,
+        error: str,
+        *,
+        mode: FailMode = "split",
+        request_id: str | None = None,
     ) -> None:
         if mode not in ("release", "retry", "split", "quarantine"):
             raise InvalidInput("mode", f"unknown mode {mode!r}")
+        rid = _request_id(request_id)
         sid = study_id_of(trial_id)
-        args = [trial_id, _clean(worker_id), _clean(error)[:500], mode]
-        outcome, status = (
-            _s(x) or "" for x in await self._call("fail", self.study_keys(sid)[:5], args)
-        )
+        args: list[Any] = [trial_id, _clean(worker_id), _clean(error)[:500], mode]
+        keys, args = self._with_reply(sid, self.study_keys(sid)[:5], args, rid)
+        outcome, status = (_s(x) or "" for x in await self._call("fail", keys, args))
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={sid}")
         if outcome in ("unknown", "wrong_worker"):

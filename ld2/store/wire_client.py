@@ -43,22 +43,29 @@ class LeanClient:
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
 
-    async def post(self, path: str, body: bytes) -> LeanResponse:
+    async def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> LeanResponse:
+        """POST `body`; `headers` go out besides the fixed ones (ld2's ``idempotency-key``)."""
         async with self._lock:  # one request at a time on the one connection
             for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
                 try:
-                    return await asyncio.wait_for(self._post(path, body), self.timeout)
+                    return await asyncio.wait_for(self._post(path, body, headers), self.timeout)
                 except (ConnectionError, asyncio.IncompleteReadError):
                     await self.close()
                     if attempt:
                         raise
             raise AssertionError("unreachable")
 
-    async def _post(self, path: str, body: bytes) -> LeanResponse:
+    async def _post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> LeanResponse:
         if self._conn is None:
             self._conn = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._conn
         head = f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}"
+        if headers:
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
         status_line = await reader.readline()

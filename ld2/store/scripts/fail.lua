@@ -7,9 +7,16 @@
 --   quarantine  the range can never succeed (the runner cannot be called for this study)
 -- KEYS: study hash, back, leases, trials, failed
 -- ARGV: trial id, worker id, error text, mode
+-- With a request id: KEYS[6] is its reply key, ARGV[5] the reply's expiry (ms); an id whose
+-- trial was handed back gets that answer again (the repeat changes nothing).
 -- Returns {outcome, status}: ok | unknown | wrong_worker | inactive | missing
 local k = study_keys(KEYS)
 local tid, mode = ARGV[1], ARGV[4]
+local reply_key, reply_ttl = KEYS[6], ARGV[5]
+local old = recall(reply_key, 1)
+if old then
+  return old
+end
 local f = redis.call('HMGET', k.s, 'status', 'max_attempts')
 local status = f[1]
 if not status then
@@ -30,7 +37,7 @@ local now = now_ms()
 if t.state == 'X' then
   -- already handed back by the reaper; just forget the record
   redis.call('HDEL', k.trials, tid)
-  return {'ok', status}
+  return remember(reply_key, reply_ttl, 1, {'ok', status})
 end
 redis.call('ZREM', k.leases, tid)
 redis.call('HINCRBY', k.s, 'reserved', -t.count)
@@ -40,7 +47,7 @@ if mode == 'split' and t.count > 1 then
   local half = divmod(t.count, 2)
   redis.call('ZADD', k.back, t.start, range_member(t.start, half, 0, '-'))
   redis.call('ZADD', k.back, t.start + half, range_member(t.start + half, t.count - half, 0, '-'))
-  return {'ok', status}
+  return remember(reply_key, reply_ttl, 1, {'ok', status})
 end
 local attempts = t.attempt
 if mode ~= 'release' then
@@ -52,9 +59,9 @@ end
 if attempts >= max_attempts then
   quarantine(k, t.start, t.count, attempts, '-', ARGV[3])
   if maybe_complete(k, now) then
-    return {'ok', 'done'}
+    return remember(reply_key, reply_ttl, 1, {'ok', 'done'})
   end
 else
   redis.call('ZADD', k.back, t.start, range_member(t.start, t.count, attempts, '-'))
 end
-return {'ok', status}
+return remember(reply_key, reply_ttl, 1, {'ok', status})

@@ -192,3 +192,36 @@ end
 local function is_active(status)
   return status == 'wait' or status == 'running' or status == 'paused'
 end
+
+-- Replies remembered per request id (an ld2 client's Idempotency-Key), so that a retry whose
+-- first reply was lost is answered as the first attempt was (see docs/store.md). One string per
+-- study and id (`key`, tagged like the study's other keys) with an expiry (`ttl` ms):
+-- "<register or fail reply>\n<reserve reply>", the fields of each tab-separated; either line
+-- may be empty. `key` is nil for a request without an id: nothing is remembered then.
+local function recall(key, line)
+  if not key then
+    return nil
+  end
+  local v = redis.call('GET', key)
+  if not v then
+    return nil
+  end
+  local text = split(v, '\n')[line]
+  if text == nil or text == '' then
+    return nil
+  end
+  return split(text, '\t')
+end
+
+local function remember(key, ttl, line, reply)
+  if key then
+    local lines = {'', ''}
+    local v = redis.call('GET', key)
+    if v then
+      lines = split(v, '\n')
+    end
+    lines[line] = table.concat(reply, '\t')
+    redis.call('SET', key, table.concat(lines, '\n'), 'PX', ttl)
+  end
+  return reply
+end

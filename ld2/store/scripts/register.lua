@@ -2,10 +2,17 @@
 -- KEYS: study hash, back, leases, trials, failed, results, done index, events, best
 -- ARGV: trial id, worker id, start, count, packed results, hit offset (-1: none),
 --       best key ('' : none), best offset, vector length (0: scalar)
+-- With a request id: KEYS[10] is its reply key, ARGV[10] the reply's expiry (ms); an id whose
+-- registration went through (ok or ignored) gets that answer again, before anything is checked.
 -- Returns {outcome, status}: ok | ignored | missing | inactive | duplicate | unknown |
 --   wrong_worker | mismatch | vector_length | reissued
 local k = study_keys(KEYS)
 local tid, worker = ARGV[1], ARGV[2]
+local reply_key, reply_ttl = KEYS[10], ARGV[10]
+local old = recall(reply_key, 1)
+if old then
+  return old
+end
 local start, count = tonumber(ARGV[3]), tonumber(ARGV[4])
 local f = redis.call('HMGET', k.s, 'status', 'strategy', 'vlen')
 local status = f[1]
@@ -14,7 +21,8 @@ if not status then
 end
 if status == 'done' then
   if f[2] == 'find_exact' then
-    return {'ignored', status} -- solved elsewhere: answered without error, and ignored
+    -- solved elsewhere: answered without error, and ignored
+    return remember(reply_key, reply_ttl, 1, {'ignored', status})
   end
   return {'inactive', status}
 end
@@ -77,7 +85,7 @@ if f[2] == 'find_exact' and hit >= 0 then
   redis.call('HSET', k.s, 'status', 'done', 'finished_ms', fmt(now), 'hit_flat', fmt(start + hit),
     'hit_trial', tid)
   redis.call('DEL', k.leases, k.back, k.trials)
-  return {'ok', 'done'}
+  return remember(reply_key, reply_ttl, 1, {'ok', 'done'})
 end
 if ARGV[7] ~= '' then
   -- minimize: keys compare bytewise like (value, flat index); keep only the lowest
@@ -89,6 +97,6 @@ if ARGV[7] ~= '' then
   end
 end
 if maybe_complete(k, now) then
-  return {'ok', 'done'}
+  return remember(reply_key, reply_ttl, 1, {'ok', 'done'})
 end
-return {'ok', status}
+return remember(reply_key, reply_ttl, 1, {'ok', status})

@@ -4,6 +4,9 @@
 --       lease ms (0 or absent: the study's trial timeout; a heartbeating worker asks for less)
 -- With N live workers no trial takes more than the points left / 2N (but at least 16), so that
 -- a worker whose trial size was set by a faster study cannot take the rest while others idle.
+-- With a request id: KEYS[6] is its reply key, ARGV[7] the reply's expiry (ms); a lease this
+-- id already holds (leased to this worker, not expired) is answered again, with its current
+-- deadline, instead of a second one. ARGV[8] 'replay': only that; else {'skipped', status}.
 -- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
 local k = study_keys(KEYS)
 local sid, max_size = ARGV[1], tonumber(ARGV[2])
@@ -12,6 +15,22 @@ local f = redis.call('HMGET', k.s, 'status', 'total', 'cursor', 'sizes', 'stride
 local status = f[1]
 if not status then
   return {'missing', ''}
+end
+local reply_key, reply_ttl = KEYS[6], ARGV[7]
+if reply_key then
+  local old = recall(reply_key, 2)
+  if old then
+    local rec = redis.call('HGET', k.trials, old[2])
+    local t = rec and parse_trial(rec)
+    local deadline = tonumber(redis.call('ZSCORE', k.leases, old[2]) or '-1')
+    if t and t.state == 'L' and t.worker == ARGV[3] and deadline > now_ms() then
+      old[7] = fmt(deadline)
+      return old
+    end
+  end
+  if ARGV[8] == 'replay' then
+    return {'skipped', status}
+  end
 end
 if status ~= 'wait' and status ~= 'running' then
   return {'inactive', status}
@@ -151,4 +170,5 @@ if status == 'wait' then
   redis.call('HSET', k.s, 'status', 'running', 'started_ms', fmt(now))
   status = 'running'
 end
-return {'ok', tid, fmt(start), fmt(count), fmt(attempt), fmt(now), fmt(deadline), status}
+return remember(reply_key, reply_ttl, 2,
+  {'ok', tid, fmt(start), fmt(count), fmt(attempt), fmt(now), fmt(deadline), status})
