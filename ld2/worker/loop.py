@@ -188,7 +188,7 @@ class Worker:
             if res is None:
                 res = await self._retry(
                     self.table.reserve, caps, self._size_for(None), self.id, self.name,
-                    lease=self.config.lease,
+                    lease=self.config.lease, request_id=uuid.uuid4().hex,
                 )  # fmt: skip
                 if res is None:
                     await self._sleep(self.config.idle_wait)
@@ -202,7 +202,7 @@ class Worker:
             try:
                 _, res = await self._retry(
                     self.table.register_and_reserve, done, values, caps, size, self.name,
-                    lease=self.config.lease,
+                    lease=self.config.lease, request_id=uuid.uuid4().hex,
                 )  # fmt: skip
             except NotFound:
                 if done.study_id not in self._gone:  # said once per study, not per trial
@@ -424,7 +424,9 @@ class Worker:
 
     async def _retry(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Call `fn`, retrying unreachable-backend errors with backoff and jitter; an outage is
-        logged once when it starts and once when it ends (not on every retry)."""
+        logged once when it starts and once when it ends (not on every retry). Callers that
+        change state pass one `request_id` for all attempts, so a retry after a lost answer
+        gets that answer replayed (the same lease) instead of a second lease."""
         delay = 0.2
         while True:
             try:
