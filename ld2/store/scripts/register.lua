@@ -48,34 +48,40 @@ if vlen > 0 then
   end
 end
 local now = now_ms()
-if t.state == 'L' then
-  redis.call('ZREM', k.leases, tid)
-  redis.call('HINCRBY', k.s, 'reserved', -count)
-else
+local back_m, failed_m = nil, nil
+if t.state ~= 'L' then
   -- expired: salvage the late result while its range still waits, untouched, to be reissued
-  local m = member_of(k.back, start, count, tid)
-  if m then
-    redis.call('ZREM', k.back, m)
-  else
+  back_m = member_of(k.back, start, count, tid)
+  if not back_m then
     local found = redis.call('ZRANGEBYSCORE', k.failed, start, start)
     for _, q in ipairs(found) do
       local s, n, _, qt = parse_range(q)
       if s == start and n == count and qt == tid then
-        m = q
+        failed_m = q
       end
     end
-    if not m then
+    if not failed_m then
       return {'reissued', status}
     end
-    redis.call('ZREM', k.failed, m)
-    redis.call('HINCRBY', k.s, 'failed', -count)
   end
+end
+-- The first write is the results themselves (HSET is refused when Redis is out of memory, and
+-- Redis checks memory at a script's first write): a full noeviction Redis refuses the whole
+-- call, which the worker reports as "Redis is full" and retries, instead of writing past it.
+redis.call('HSET', k.res, tid, ARGV[5])
+if t.state == 'L' then
+  redis.call('ZREM', k.leases, tid)
+  redis.call('HINCRBY', k.s, 'reserved', -count)
+elseif back_m then
+  redis.call('ZREM', k.back, back_m)
+else
+  redis.call('ZREM', k.failed, failed_m)
+  redis.call('HINCRBY', k.s, 'failed', -count)
 end
 if vlen > 0 then
   redis.call('HSET', k.s, 'vlen', fmt(vlen))
 end
 redis.call('HDEL', k.trials, tid)
-redis.call('HSET', k.res, tid, ARGV[5])
 redis.call('ZADD', k.done, start, tid)
 redis.call('HINCRBY', k.s, 'done', count)
 redis.call('XADD', k.events, 'MAXLEN', '~', '10000', '*', 'w', worker, 'wn', t.name, 'n', fmt(count))
