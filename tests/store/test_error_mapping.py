@@ -127,3 +127,25 @@ def test_an_evicting_redis_is_refused_at_start(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_the_api_answers_503_when_redis_is_away() -> None:
+    import httpx
+
+    from ld2.api import create_app
+
+    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    app = create_app(table)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        for method, path, body in [
+            ("GET", "/status", None),
+            ("GET", "/study", None),
+            ("POST", "/trial/reserve", {"retaining_capacity": [], "max_size": 5,
+                                        "worker_node_id": "w"}),
+        ]:  # fmt: skip
+            params = {"name": "x"} if path == "/study" else None
+            resp = await http.request(method, path, json=body, params=params)
+            assert resp.status_code == 503, (path, resp.text)
+            assert "nowhere" in resp.json()["detail"]
+    await table.close()
