@@ -168,10 +168,18 @@ async def _table(
     if api:
         table = HttpTable(api, token=token or os.environ.get("LD2_API_TOKEN"), retries=2)
     else:
-        table = open_table(redis, **kwargs)
+        from redis.exceptions import ResponseError
+
+        try:
+            table = open_table(redis, **kwargs)
+        except ValueError as err:  # redis-py's words for a URL it cannot read
+            raise InvalidInput("--redis", f"not a Redis URL ({err})") from None
         try:
             await table.ping()
             await table.check_eviction(allow=_allow_eviction())
+        except ResponseError as err:  # e.g. "DB index is out of range", "NOAUTH"
+            await table.close()
+            raise InvalidInput("--redis", f"{redis or 'the Redis URL'}: {err}") from None
         except BaseException:
             await table.close()
             raise
@@ -654,7 +662,8 @@ def worker(
     )  # fmt: skip
 
     async def go() -> None:
-        async with _table(redis, api, token) as table:
+        # --max-size auto on Redis: no trial takes more than its fair share of what is left
+        async with _table(redis, api, token, fair_share=size is None) as table:
             stats = await _work(table, available, config)
             typer.echo(
                 f"{stats.trials} trials, {stats.points:,} points in {stats.seconds:.1f} s; "
@@ -788,7 +797,20 @@ def run(
         spec = parse_study(registry)
         imports = import_ or []
         available, _ = _runners(imports, [capacity] if capacity else [])
-        named = [c for c in registry.required_capacity if c in available]
+        required = sorted(set(registry.required_capacity))
+        if len(required) > 1:
+            raise InvalidInput(
+                f"{study}: required_capacity",
+                f"names {len(required)} capacities ({', '.join(required)}); a study is computed "
+                "by one runner: name exactly one",
+            )
+        if capacity and required and capacity not in required:
+            raise InvalidInput(
+                "--capacity",
+                f"{capacity!r} is not the study's required_capacity ({required[0]}): no worker "
+                "serving it would ever be handed its trials",
+            )
+        named = [c for c in required if c in available]
         chosen = [capacity] if capacity else named[:1]
         if not chosen:
             known = ", ".join(sorted(available))

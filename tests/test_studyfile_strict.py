@@ -179,7 +179,15 @@ def test_unknown_key_in_the_wrapper_itself(tmp_path: Path) -> None:
     path = _write(tmp_path, {"study": MANDELBROT, "priorty": 5})
     assert str(_error(path)) == f"{path}: priorty: unknown field; did you mean priority?"
     path = _write(tmp_path, {"study": MANDELBROT, "other": 5})
-    assert str(_error(path)) == f"{path}: other: unknown field; expected one of study, priority"
+    assert str(_error(path)) == f"{path}: other: unknown field; expected one of study"
+    # the API's register extras are command-line settings, never silently dropped
+    path = _write(tmp_path, {"study": MANDELBROT, "priority": 5})
+    assert (
+        str(_error(path))
+        == f"{path}: priority: a study file does not set it; use `ld2 submit --priority`"
+    )
+    path = _write(tmp_path, {"study": MANDELBROT, "trial_limit_seconds": 0.001})
+    assert "use `ld2 submit --trial-limit`" in str(_error(path))
 
 
 def test_did_you_mean_only_when_something_is_close(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ld2.core.errors import InvalidInput
-from ld2.core.models import StudyRegisterParam, StudyRegistry
+from ld2.core.models import StudyRegistry
 from ld2.core.study import parse_study
 
 _DEFAULTS: dict[str, Any] = {
@@ -278,14 +278,16 @@ def _unknown(path: str, key: str, known: list[str], hints: list[str]) -> Invalid
 def _check_keys(data: dict[str, Any]) -> None:
     """Raise InvalidInput for the first key (in document order) that no model reads."""
     if _WRAPPER in data:
-        known = _names(StudyRegisterParam)
+        settings = {"priority": "--priority", "trial_limit_seconds": "--trial-limit"}
         for key, value in data.items():
             if key == _WRAPPER:
                 _check(StudyRegistry, value, "")  # a wrapped study's paths start at its fields
-            elif key in known:
-                _check(_field_type(StudyRegisterParam.model_fields[known[key]]), value, key)
+            elif key in settings:  # the API's register extras: set on the command line
+                raise InvalidInput(
+                    key, f"a study file does not set it; use `ld2 submit {settings[key]}`"
+                )
             else:
-                raise _unknown("", key, list(StudyRegisterParam.model_fields), [])
+                raise _unknown("", key, [_WRAPPER], list(settings))
     else:
         _check(StudyRegistry, data, "", hints=[_WRAPPER])
 

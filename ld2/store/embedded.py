@@ -61,9 +61,11 @@ def default_state_dir() -> Path:
 
 
 def _state_dir(state_dir: Path | None) -> Path:
+    """The state directory, created private (700) if it does not exist. An existing one keeps
+    its permissions (it may be /tmp or a shared folder): the server's socket is 700 anyway."""
     path = Path(state_dir or default_state_dir()).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(parents=True, mode=0o700)
     return path
 
 

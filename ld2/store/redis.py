@@ -149,6 +149,8 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(self, *args, **kwargs)
+        except BackendUnavailable:
+            raise  # already said (it is an OSError too: never wrap it twice)
         except TRANSIENT as err:
             raise unavailable(err, self.url) from err
 
@@ -161,6 +163,8 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
         try:
             async for item in fn(self, *args, **kwargs):
                 yield item
+        except BackendUnavailable:
+            raise
         except TRANSIENT as err:
             raise unavailable(err, self.url) from err
 
@@ -915,7 +919,7 @@ class RedisTable(Table):
             per_worker: dict[str, list[Any]] = {}
             if cutoff_sec > 0:
                 events = await self.client.xrange(
-                    self.study_keys(state.study_id)[7], min=f"{since_ms + 1}", max="+"
+                    self.study_keys(state.study_id)[7], min=f"{max(since_ms, -1) + 1}", max="+"
                 )
                 for _eid, fields in events:
                     wid = _s(fields[b"w"]) or ""

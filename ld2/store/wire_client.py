@@ -55,6 +55,11 @@ class LeanClient:
                     await self.close()
                     if attempt:
                         raise
+                except BaseException:
+                    # a timeout (or a cancel) mid-request: a late answer could still arrive on
+                    # this connection and be read as the next request's; never reuse it
+                    await self.close()
+                    raise
             raise AssertionError("unreachable")
 
     async def _post(

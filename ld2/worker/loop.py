@@ -221,13 +221,18 @@ class Worker:
 
     async def _compute(self, res: Reservation) -> np.ndarray | None:
         run = self._runner_for(res.spec)
-        if run is None:  # a study naming no runner, and this worker serves several
-            log.warning(
-                "study %s names no runner in required_capacity and this worker serves %s: "
-                "handing its trial back (serve exactly one --capacity for such studies)",
-                res.spec.name or res.study_id,
-                ", ".join(self.runners),
+        if run is None:  # no runner, or several, named; and this worker serves several
+            named = sorted(c for c in res.spec.capacities if c in self.runners)
+            why = (
+                f"names several runners ({', '.join(named)})"
+                if named
+                else "names no runner in required_capacity"
             )
+            log.warning(
+                "study %s %s and this worker serves %s: handing its trial back (a study is "
+                "computed by one runner; for a study naming none serve exactly one --capacity)",
+                res.spec.name or res.study_id, why, ", ".join(self.runners),
+            )  # fmt: skip
             await self._hand_back(res, "no runner chosen for the study", "release")
             await self._sleep(self.config.idle_wait)
             return None
@@ -281,6 +286,12 @@ class Worker:
             if lease.done():
                 log.info("trial %s abandoned: the table answered stop", res.trial_id)
                 self.stats.abandoned += 1
+                # its computation would go on in the pool, and the next trial wait behind it
+                # (and be blamed for the time): end it with its pool, as for a hung runner
+                assert pool is not None
+                self._ended.add(pool)
+                self._replace_pool(pool)
+                await _end_pool(pool)
                 return None
             # over the limit: a hung runner must not hold its range (heartbeats renew it)
             log.warning(

@@ -383,3 +383,37 @@ async def test_the_lean_client_sends_the_request_id() -> None:
     ]
     assert len(ids[0]) == 1 and len(ids[0][0]) == 32  # a fresh uuid4 per call
     assert ids[1:] == [[b"my-id-1"], [b"abc"], []]
+
+
+async def test_the_lean_client_never_reads_a_late_answer_as_the_next_one() -> None:
+    """A request that timed out may still be answered: that connection must not be reused."""
+    import asyncio
+
+    from ld2.store.wire_client import LeanClient
+
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            served += 1
+            if served == 1:
+                await asyncio.sleep(0.5)  # answered after the client gave up
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = LeanClient(f"http://127.0.0.1:{port}", {}, timeout=0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            await client.post("/x", b'{"req":"first"}')
+        second = await client.post("/x", b'{"req":"second"}')
+        assert second.content == b'{"req":"second"}'  # not the late answer to the first
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

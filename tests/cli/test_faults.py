@@ -194,6 +194,8 @@ def test_redis_restarted_without_its_data(tmp_path: Path) -> None:
         )  # fmt: skip
         try:
             _wait_for_file(tmp_path / "computing", worker)
+            assert waiting.stdout is not None
+            assert waiting.stdout.readline().strip()  # it printed the id: now it waits
             first.kill()
             first.wait()
             with _redis(tmp_path / "two", port):  # a new, empty Redis on the same address

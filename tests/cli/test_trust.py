@@ -284,3 +284,15 @@ def test_no_user_mistake_shows_a_traceback(tmp_path: Path, args: tuple[str, ...]
     assert out.returncode in (1, 2), out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert out.stderr.startswith("ld2: ") or "Usage:" in out.stderr, out.stderr
+
+
+def test_a_study_no_local_runner_could_take_is_refused_not_hung(tmp_path: Path) -> None:
+    data = json.loads((EXAMPLES / "mandelbrot.json").read_text())
+    data["required_capacity"] = ["mandelbrot", "mandelbrot-scalar"]
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(data))
+    out = ld2("run", str(two), env=_env(tmp_path), cwd=tmp_path, timeout=60)
+    assert out.returncode == 2 and "names 2 capacities" in out.stderr, out.stderr
+    other = ld2("run", str(EXAMPLES / "mandelbrot.json"), "--capacity", "mandelbrot-scalar",
+                env=_env(tmp_path), cwd=tmp_path, timeout=60)  # fmt: skip
+    assert other.returncode == 2 and "is not the study's required_capacity" in other.stderr

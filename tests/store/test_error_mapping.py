@@ -149,3 +149,19 @@ async def test_the_api_answers_503_when_redis_is_away() -> None:
             assert resp.status_code == 503, (path, resp.text)
             assert "nowhere" in resp.json()["detail"]
     await table.close()
+
+
+async def test_progress_with_a_huge_cutoff_is_an_answer(table: Any) -> None:
+    await table.register_study(registry([int_axis("x", 10)], name="p"))
+    res = await table.reserve([], 5, "w")
+    await table.register(res, np.zeros(5, dtype=np.int64))
+    progress = await table.progress(2_000_000_000)
+    assert progress.progress_summaries[0].done_grid == 5
+
+
+def test_bad_redis_urls_are_input_errors_not_tracebacks() -> None:
+    from tests.cli.test_cli import ld2
+
+    out = ld2("status", "--redis", "foo")
+    assert out.returncode == 2 and "--redis: not a Redis URL" in out.stderr
+    assert "Traceback" not in out.stderr
