@@ -952,32 +952,39 @@ class RedisTable(Table):
 
     # -- snapshots -----------------------------------------------
     async def export_snapshot(self) -> dict[str, Any]:
+        """Every study as it is at one instant (each study's keys read in one MULTI, so a
+        reserve or register cannot fall between them). Leased trials become waiting ranges;
+        an expired lease (state X) is already in `back` or `failed` and is not added again."""
         studies = []
         for sid in [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]:
             keys = self.study_keys(sid)
-            h = await self.client.hgetall(keys[0])
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(keys[0])
+                pipe.hgetall(keys[3])
+                pipe.zrange(keys[1], 0, -1)
+                pipe.zrange(keys[4], 0, -1)
+                pipe.zrange(keys[8], 0, -1)
+                pipe.zrange(keys[6], 0, -1, withscores=True)
+                pipe.hgetall(keys[5])
+                h, trials, back_members, failed, best, done, payloads = await pipe.execute()
             if not h:
                 continue
-            trials = await self.client.hgetall(keys[3])
-            in_flight = []
+            back = [[int(x) for x in (_s(mm) or "").split(":")[:3]] for mm in back_members]
             for rec in trials.values():
-                start, count, attempt, *_ = rec.decode().split("\t")
-                in_flight.append([int(start), int(count), int(attempt)])
-            back = [
-                [int(x) for x in (_s(mm) or "").split(":")[:3]]
-                for mm in await self.client.zrange(keys[1], 0, -1)
+                start, count, attempt, _reserved, state, *_ = rec.decode().split("\t")
+                if state == "L":
+                    back.append([int(start), int(count), int(attempt)])
+            blocks = [
+                [_s(tid), int(score), base64.b64encode(payloads[tid]).decode()]
+                for tid, score in done
+                if tid in payloads
             ]
-            blocks = []
-            for tid, score in await self.client.zrange(keys[6], 0, -1, withscores=True):
-                payload = await self.client.hget(keys[5], tid)
-                if payload is not None:
-                    blocks.append([_s(tid), int(score), base64.b64encode(payload).decode()])
             studies.append(
                 {
                     "hash": {k.decode(): v.decode() for k, v in h.items()},
-                    "back": back + [r for r in in_flight if r not in back],
-                    "failed": [_s(x) for x in await self.client.zrange(keys[4], 0, -1)],
-                    "best": [_s(x) for x in await self.client.zrange(keys[8], 0, -1)],
+                    "back": back,
+                    "failed": [_s(x) for x in failed],
+                    "best": [_s(x) for x in best],
                     "results": blocks,
                 }
             )

@@ -171,3 +171,31 @@ async def test_live_workers_are_those_holding_an_unexpired_lease(
         while (await table.get_study(sid)).live_workers != 0:  # both die: their leases expire
             assert time.monotonic() < deadline, "leases never expired"
             await asyncio.sleep(0.05)
+
+
+async def test_a_snapshot_with_an_expired_lease_loses_and_doubles_nothing(
+    request: pytest.FixtureRequest, real_backend: str
+) -> None:
+    import asyncio
+
+    from tests.conftest import make_table
+
+    async with make_table(request, real_backend, trial_timeout=0.2) as src:
+        sid = await src.register_study(registry([int_axis("x", 200)], name="snap"))
+        held = await src.reserve([], 10, "w1")  # this worker dies: its lease expires
+        other = await src.reserve([], 10, "w2")
+        assert held is not None and other is not None
+        await src.register(other, square(other))
+        live = await src.reserve([], 10, "w3", lease=60.0)  # still leased at export time
+        assert live is not None
+        await asyncio.sleep(0.3)
+        assert await src.reap() == 1
+        snapshot = await src.export_snapshot()
+        async with make_table(request, real_backend) as dst:
+            [new] = await dst.import_snapshot(snapshot)
+            await _sweep(dst, new, set(), max_size=10)
+            state = await dst.get_study(new)
+            assert (state.status, state.done, state.failed) == ("done", 200, 0)
+            flats, values = await all_results(dst, new)
+            assert flats == list(range(200)) and values == [x * x for x in range(200)]
+        assert sid
