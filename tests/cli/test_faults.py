@@ -279,3 +279,16 @@ def test_api_killed_and_restarted_while_workers_use_it(tmp_path: Path) -> None:
                 worker.wait()
         rows = _results(tmp_path, "viaapi", {"LD2_REDIS_URL": url})
         assert [int(r[1]) for r in rows] == [x * x for x in range(300)]
+
+
+def test_reaper_takes_lite_dist2s_table_config(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {"LD2_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    (tmp_path / "table_config.json").write_text(json.dumps({"timeout_check_interval_seconds": 7}))
+    (tmp_path / "bad.json").write_text(json.dumps({"timeout_check_interval_second": 7}))
+    with _redis(tmp_path, port):
+        ok = ld2("reaper", "-c", str(tmp_path / "table_config.json"), "--once", env=env)
+        assert ok.returncode == 0 and "expired trial(s) handed back" in ok.stdout, ok.stderr
+        bad = ld2("reaper", "-c", str(tmp_path / "bad.json"), "--once", env=env)
+        assert bad.returncode == 2 and "timeout_check_interval_second" in bad.stderr
+        assert "Traceback" not in bad.stderr
