@@ -15,35 +15,16 @@ import uuid
 
 
 async def main(rounds: int) -> None:
-    from common import private_redis
+    from common import private_redis, registry
 
-    from ld2.core import models as m
     from ld2.store.redis import RedisTable
-
-    def registry(name: str) -> m.StudyRegistry:
-        axis = {"name": "x", "type": "int", "size": "0xa", "step": "0x1", "start": "0x0"}
-        return m.StudyRegistry.model_validate(
-            {
-                "name": name,
-                "required_capacity": [],
-                "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
-                "suggest_strategy": {
-                    "type": "sequential",
-                    "suggest_strategy_param": {"strict_aligned": True},
-                },
-                "const_param": None,
-                "result_type": "scalar",
-                "result_value_type": "int",
-                "parameter_space": {"type": "aligned", "axes": [axis]},
-            }
-        )
 
     with private_redis() as url:
         table = RedisTable.from_url(url, prefix=f"race{uuid.uuid4().hex[:6]}")
         doubled = 0
         for r in range(rounds):
             got = await asyncio.gather(
-                *(table.register_study(registry(f"n{r}")) for _ in range(32)),
+                *(table.register_study(registry(10, f"n{r}")) for _ in range(32)),
                 return_exceptions=True,
             )
             doubled += sum(isinstance(g, str) for g in got) != 1

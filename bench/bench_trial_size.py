@@ -14,35 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from common import private_redis
+from common import mandelbrot_registry, private_redis
 
-from ld2.core import models as m
 from ld2.store.redis import RedisTable
 from ld2.worker import runners
 from ld2.worker.loop import Worker, WorkerConfig
-
-
-def mandelbrot(name: str, capacity: str, n: int) -> m.StudyRegistry:
-    step = (3.0 / n).hex()
-    axis = {"type": "float", "size": hex(n), "step": step, "start": (-1.5).hex()}
-    return m.StudyRegistry.model_validate(
-        {
-            "name": name,
-            "required_capacity": [capacity],
-            "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
-            "suggest_strategy": {
-                "type": "sequential",
-                "suggest_strategy_param": {"strict_aligned": True},
-            },
-            "const_param": {"consts": [{"type": "int", "key": "max_iter", "value": "0xff"}]},
-            "result_type": "scalar",
-            "result_value_type": "int",
-            "parameter_space": {
-                "type": "aligned",
-                "axes": [{"name": "y", **axis}, {"name": "x", **axis}],
-            },
-        }
-    )
 
 
 def weighted(seconds: list[float], q: float) -> float:
@@ -76,12 +52,12 @@ async def main(trial_seconds: float) -> None:
         config = WorkerConfig(["mandelbrot", "mandelbrot-scalar"], processes=1, max_size=None,
                               trial_seconds=trial_seconds, exit_when_idle=1.0, idle_wait=0.05)  # fmt: skip
         workers = [Worker(table, available, config) for _ in range(2)]
-        await table.register_study(mandelbrot("fast", "mandelbrot", 4096))
+        await table.register_study(mandelbrot_registry(4096, "fast", "mandelbrot"))
         fast = await asyncio.gather(*(w.run() for w in workers))
         marks = [len(s.durations) for s in fast]
         for k, s in enumerate(fast):
             spread(f"fast study, worker {k}", s.durations, s.sizes, trial_seconds)
-        await table.register_study(mandelbrot("slow", "mandelbrot-scalar", 512))
+        await table.register_study(mandelbrot_registry(512, "slow", "mandelbrot-scalar"))
         slow = await asyncio.gather(*(w.run() for w in workers))
         for k, (s, mark) in enumerate(zip(slow, marks, strict=True)):
             print(f"slow study, worker {k}: first trial {s.sizes[mark]} points "

@@ -27,46 +27,9 @@ from ld2.store.redis import RedisTable
 from ld2.worker import runners
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import private_redis
+from common import mandelbrot_registry, private_redis
 
 CHUNK = 16_384
-
-
-def _registry(n: int, name: str, capacity: str) -> m.StudyRegistry:
-    step = (3.0 / n).hex()
-    return m.StudyRegistry.model_validate(
-        {
-            "name": name,
-            "required_capacity": [capacity],
-            "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
-            "suggest_strategy": {
-                "type": "sequential",
-                "suggest_strategy_param": {"strict_aligned": True},
-            },
-            "const_param": {"consts": [{"type": "int", "key": "max_iter", "value": "0xff"}]},
-            "result_type": "scalar",
-            "result_value_type": "int",
-            "parameter_space": {
-                "type": "aligned",
-                "axes": [
-                    {
-                        "name": "y",
-                        "type": "float",
-                        "size": hex(n),
-                        "step": step,
-                        "start": (-1.5).hex(),
-                    },
-                    {
-                        "name": "x",
-                        "type": "float",
-                        "size": hex(n),
-                        "step": step,
-                        "start": (-2.0).hex(),
-                    },
-                ],
-            },
-        }
-    )
 
 
 def _chunk(args: tuple[str, StudySpec, int, int]) -> np.ndarray:
@@ -122,7 +85,7 @@ async def main() -> None:
     runners.load()
     with private_redis() as url:
         for n, capacity in ((1024, "mandelbrot"), (256, "mandelbrot-scalar")):
-            reg = _registry(n, f"{capacity}-{n}", capacity)
+            reg = mandelbrot_registry(n, f"{capacity}-{n}", capacity)
             spec = parse_study(reg)
             base = pool_baseline(spec, capacity)
             warm = await ld2_workers(url, reg, capacity, warm=True)

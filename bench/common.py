@@ -107,3 +107,41 @@ async def rate(fn: Callable[[int], Awaitable[object]], clients: int, seconds: fl
     t0 = time.perf_counter()
     await asyncio.gather(*(loop(i) for i in range(clients)))
     return sum(counts) / (time.perf_counter() - t0)
+
+
+def mandelbrot_registry(n: int, name: str, capacity: str) -> m.StudyRegistry:
+    """An n×n Mandelbrot study (axes y then x, max_iter 255) for the runner `capacity`."""
+    step = (3.0 / n).hex()
+    return m.StudyRegistry.model_validate(
+        {
+            "name": name,
+            "required_capacity": [capacity],
+            "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
+            "suggest_strategy": {
+                "type": "sequential",
+                "suggest_strategy_param": {"strict_aligned": True},
+            },
+            "const_param": {"consts": [{"type": "int", "key": "max_iter", "value": "0xff"}]},
+            "result_type": "scalar",
+            "result_value_type": "int",
+            "parameter_space": {
+                "type": "aligned",
+                "axes": [
+                    {
+                        "name": "y",
+                        "type": "float",
+                        "size": hex(n),
+                        "step": step,
+                        "start": (-1.5).hex(),
+                    },
+                    {
+                        "name": "x",
+                        "type": "float",
+                        "size": hex(n),
+                        "step": step,
+                        "start": (-2.0).hex(),
+                    },
+                ],
+            },
+        }
+    )
