@@ -125,13 +125,13 @@ async def test_periodic_save_and_reap_loops(tmp_path: Path, request: pytest.Fixt
 
 
 def test_an_existing_state_directory_keeps_its_permissions(tmp_path: Path) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    server = EmbeddedServer(shared)
+    open_dir = tmp_path / "open_dir"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o1777)
+    server = EmbeddedServer(open_dir)
     server.start()
     try:
-        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777  # not locked down to 700
+        assert stat.S_IMODE(os.stat(open_dir).st_mode) == 0o1777  # not locked down to 700
         assert stat.S_IMODE(os.stat(server.socket).st_mode) & 0o077 == 0  # the socket is private
     finally:
         server.stop()
