@@ -40,6 +40,8 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from ld2.store.embedded import EmbeddedServer  # noqa: E402
 from ld2.store.redis import RedisTable  # noqa: E402
+from tests.cluster import LocalCluster  # noqa: E402
+from tests.cluster import available as cluster_available  # noqa: E402
 
 
 def _free_port() -> int:
@@ -75,6 +77,16 @@ def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str 
 
 
 @pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster of this test session (see tests/cluster.py)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedServer(tmp_path_factory.mktemp("state"))
     url = server.start()
@@ -85,6 +97,7 @@ def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # Only engines that exist here are parametrised, so nothing is skipped for want of one.
 REAL_BACKENDS = (
     (["redis"] if shutil.which("redis-server") else [])
+    + (["cluster"] if cluster_available() else [])
     + (["env"] if os.environ.get("LD2_TEST_REDIS_URL") else [])
     + ["valkey"]
 )
@@ -94,6 +107,8 @@ BACKENDS = [*REAL_BACKENDS, "fake"]
 def backend_url(request: pytest.FixtureRequest, name: str) -> str | None:
     if name == "redis":
         return request.getfixturevalue("private_redis_url")  # type: ignore[no-any-return]
+    if name == "cluster":
+        return request.getfixturevalue("local_cluster").url  # type: ignore[no-any-return]
     if name == "env":
         return os.environ["LD2_TEST_REDIS_URL"]
     if name == "valkey":
@@ -117,12 +132,18 @@ async def make_table(
         import fakeredis
 
         client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        table = RedisTable(client, prefix=prefix, url="fakeredis", index_ttl=0.0, **kw)  # type: ignore[arg-type]
+    elif name == "cluster":  # a plain URL of one node: the table finds out it is a cluster
+        table = RedisTable.from_url(url, prefix=prefix, index_ttl=0.0, **kw)  # type: ignore[arg-type]
+        await table.ping()
+        assert table.is_cluster
     else:
         client = aioredis.Redis.from_url(url)
-    table = RedisTable(client, prefix=prefix, url=url or "fakeredis", index_ttl=0.0, **kw)  # type: ignore[arg-type]
+        table = RedisTable(client, prefix=prefix, url=url, index_ttl=0.0, **kw)  # type: ignore[arg-type]
     try:
         yield table
     finally:
+        client = table.client
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
         if keys:
             await client.delete(*keys)

@@ -7,6 +7,7 @@ global index of active studies is only a hint for finding work: a study's own ha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -21,8 +22,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,6 +60,7 @@ from ld2.store.base import (
     clamp_max_size,
     from_ms,
 )
+from ld2.store.index import StudyIndex
 
 T = TypeVar("T")
 
@@ -92,6 +95,9 @@ def _load_scripts() -> dict[str, str]:
         out[name] = f"{lib}\n{bodies[name]}return {name}_body(KEYS, ARGV)\n"
     out["cycle"] = f"{lib}\n{''.join(bodies.values())}{text('cycle')}"
     return out
+
+
+_SOURCES = _load_scripts()
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -135,7 +141,7 @@ def _mapped(cls: type[T]) -> type[T]:
     """Route every Redis error of every public call (coroutines and result streams) through
     `unavailable`, so no redis-py exception ever escapes the store."""
     for name, fn in list(vars(cls).items()):
-        if name.startswith("__") or not callable(fn):
+        if name.startswith("__") or name == "_connect" or not callable(fn):
             continue
         if inspect.iscoroutinefunction(fn):
             setattr(cls, name, _map_coroutine(fn))
@@ -148,6 +154,8 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
     @functools.wraps(fn)
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
+            if self._cluster is None:
+                await self._connect()
             return await fn(self, *args, **kwargs)
         except BackendUnavailable:
             raise  # already said (it is an OSError too: never wrap it twice)
@@ -161,6 +169,8 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     @functools.wraps(fn)
     async def stream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         try:
+            if self._cluster is None:
+                await self._connect()
             async for item in fn(self, *args, **kwargs):
                 yield item
         except BackendUnavailable:
@@ -241,20 +251,49 @@ class RedisTable(Table):
         self.max_attempts = max_attempts
         self.index_ttl = index_ttl
         self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(text) for name, text in _load_scripts().items()
+            name: client.register_script(text) for name, text in _SOURCES.items()
         }
         self._specs: dict[str, StudySpec] = {}
         self._keys: dict[str, list[str]] = {}
-        self._index: list[tuple[str, frozenset[str]]] = []
-        self._index_at = -1e9
+        self.index = StudyIndex(client, prefix, index_ttl)
         self._workers_seen: dict[str, float] = {}
         self.fair_share = fair_share
         self._live_workers = 0
+        self._cluster: bool | None = isinstance(client, RedisCluster)
+        self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisTable:
-        client = aioredis.Redis.from_url(url)
-        return cls(client, url=url, **kwargs)
+    def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> RedisTable:
+        """A table on `url`. With `cluster` None the server is asked on first use (``INFO
+        cluster``) whether it is a node of a Redis Cluster, as managed platforms hand out a
+        plain ``redis://`` URL of one node; True or False says so instead."""
+        client: Any = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
+        table = cls(client, url=url, **kwargs)
+        table._cluster = cluster
+        return table
+
+    @property
+    def is_cluster(self) -> bool | None:
+        """Whether the table runs on a Redis Cluster (None until its first call says)."""
+        return self._cluster
+
+    async def _connect(self) -> None:
+        """Settle, once, what a URL given without `cluster` points at: on a cluster node the
+        cluster client takes over (each study's keys live in one slot, found by its hash tag)."""
+        self._connecting = self._connecting or asyncio.Lock()
+        async with self._connecting:
+            if self._cluster is not None:
+                return
+            try:
+                enabled = bool((await self.client.info("cluster")).get("cluster_enabled"))
+            except ResponseError:  # INFO refused (a restricted managed Redis): a single server
+                enabled = False
+            if enabled:
+                single, self.client = self.client, RedisCluster.from_url(self.url)
+                self.index.client = self.client
+                self._scripts = {n: self.client.register_script(t) for n, t in _SOURCES.items()}
+                await single.aclose()
+            self._cluster = enabled
 
     # -- keys -----------------------------------------------
     def _g(self, name: str) -> str:
@@ -303,12 +342,8 @@ class RedisTable(Table):
                 with contextlib.suppress(*TRANSIENT):
                     await self._release_name(spec.name, sid)
             raise
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
-            pipe.zadd(self._g("studies"), {sid: seq})
-            await pipe.execute()
+        await self.index.add(sid, spec.capacities, priority, seq, workable=True)
         self._specs[sid] = spec
-        self._index_at = -1e9
         return sid
 
     async def _new_study_id(self, spec: StudySpec) -> tuple[str, int]:
@@ -426,7 +461,7 @@ class RedisTable(Table):
         return self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
 
     async def list_studies(self) -> list[StudyState]:
-        sids = [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]
+        sids = await self.index.studies()
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hgetall(self.study_keys(sid)[0])
@@ -452,13 +487,13 @@ class RedisTable(Table):
             raise NotFound(f"Study {study_id} is {status}, not active")
         if action in ("cancel", "delete"):
             spec = self._specs.pop(study_id, None)
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrem(self._g("active"), study_id)
-                pipe.zrem(self._g("studies"), study_id)
-                await pipe.execute()
+            await self.index.finish(study_id, forget=True)
             if spec is not None and spec.name is not None:
                 await self._release_name(spec.name, study_id)
-            self._index_at = -1e9
+        elif action == "pause":
+            await self.index.park(study_id, (await self._spec(study_id)).capacities)
+        elif action == "resume":
+            await self._reindex(study_id)
         return reply
 
     async def delete(self, study_id: str) -> Deleted:
@@ -472,11 +507,19 @@ class RedisTable(Table):
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={study_id}")
         if int(points) and status != "done":
-            seq_priority = await self.client.hmget(self.study_keys(study_id)[0], "seq", "priority")
-            seq, priority = (int(x or 0) for x in seq_priority)
-            await self.client.zadd(self._g("active"), {study_id: -priority * 2**32 + seq})
-            self._index_at = -1e9
+            await self._reindex(study_id)
         return int(points)
+
+    async def _reindex(self, sid: str) -> None:
+        """Put a study back in the index as its hash says (resumed, or failures retried)."""
+        status, seq, priority = await self.client.hmget(
+            self.study_keys(sid)[0], "status", "seq", "priority"
+        )
+        if status is not None and status != b"done":
+            caps = (await self._spec(sid)).capacities
+            await self.index.add(
+                sid, caps, int(priority or 0), int(seq or 0), workable=status != b"paused"
+            )
 
     async def cancel(self, study_id: str) -> None:
         if study_id not in self._specs:
@@ -488,35 +531,20 @@ class RedisTable(Table):
 
     async def resume(self, study_id: str) -> None:
         await self._control(study_id, "resume")
-        self._index_at = -1e9
 
     # -- reserve -----------------------------------------------
-    async def _refresh_index(self) -> None:
-        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hmget(self.study_keys(sid)[0], "status", "spec", "limit_ms")
-            rows = await pipe.execute()
-        running: list[tuple[str, frozenset[str]]] = []
-        waiting: list[tuple[str, frozenset[str]]] = []
-        gone: list[str] = []
-        for sid, (status, spec_json, limit_ms) in zip(sids, rows, strict=True):
-            if status is None or status == b"done":
-                gone.append(sid)
-                continue
-            spec = self._specs.get(sid)
-            if spec is None:
-                spec = _stored_spec(spec_json, limit_ms)
-                self._specs[sid] = spec
-            (running if status == b"running" else waiting).append((sid, spec.capacities))
-        if gone:
-            await self.client.zrem(self._g("active"), *gone)
-        self._index = running + waiting
-        self._index_at = time.monotonic()
+    async def _candidates(self, capacities: frozenset[str], *, fresh: bool = False) -> list[str]:
+        """The studies a worker with `capacities` may reserve in, best first (cached for
+        `index_ttl` seconds unless `fresh`)."""
+        cached = None if fresh else self.index.cached(capacities)
+        if cached is not None:
+            return cached
+        out = await self.index.candidates(capacities)
         if self.fair_share:
             now = await self.server_time()
             since = int(now.timestamp() * 1000) - 30_000
             self._live_workers = int(await self.client.zcount(self._g("workers"), since, "+inf"))
+        return out
 
     async def _touch_worker(self, worker_id: str, worker_name: str | None) -> None:
         now = time.monotonic()
@@ -546,11 +574,10 @@ class RedisTable(Table):
             raise InvalidInput("worker_node_id", "must not be empty")
         retained = frozenset(capacities)
         await self._touch_worker(worker_id, worker_name)
-        fresh = time.monotonic() - self._index_at > self.index_ttl
-        if fresh:
-            await self._refresh_index()
+        cached = self.index.cached(retained)
+        fresh = cached is None
+        order = await self._candidates(retained) if cached is None else cached
         for attempt in range(2):
-            order = [sid for sid, caps in self._index if caps <= retained]
             if rid is not None and len(order) > 1:
                 order = await self._holder_first(order, rid)
             for sid in order:
@@ -563,7 +590,7 @@ class RedisTable(Table):
                     return got
             if fresh or attempt:
                 return None
-            await self._refresh_index()  # maybe a study arrived since the index was cached
+            order = await self._candidates(retained, fresh=True)  # maybe a study arrived since
             fresh = True
         return None
 
@@ -626,10 +653,10 @@ class RedisTable(Table):
                 deadline=from_ms(int(deadline)),  # type: ignore[arg-type]
                 spec=await self._spec(sid),
             )
-        if reply[0] in ("missing", "inactive"):
-            self._index = [(s, c) for s, c in self._index if s != sid]
-            if reply[0] == "missing" or reply[1] == "done":
-                await self.client.zrem(self._g("active"), sid)
+        if reply[0] == "missing" or (reply[0] == "inactive" and reply[1] == "done"):
+            await self.index.finish(sid)
+        elif reply[0] == "inactive" and reply[1] == "paused":
+            await self.index.park(sid, (await self._spec(sid)).capacities)
         return None
 
     # -- register -----------------------------------------------
@@ -714,7 +741,7 @@ class RedisTable(Table):
     async def _outcome(self, trial: TrialRef, outcome: str, status: str) -> Outcome:
         if outcome in ("ok", "ignored"):
             if status == "done":
-                await self.client.zrem(self._g("active"), trial.study_id)
+                await self.index.finish(trial.study_id)
             return "ignored" if outcome == "ignored" else "ok"
         if outcome in ("missing", "inactive"):
             raise NotFound(f"Study not found: study_id={trial.study_id}")
@@ -765,10 +792,8 @@ class RedisTable(Table):
         reservation in the study it came from (one script call each, or both in cycle.lua); a
         retry replays both, looking for the lease in every study (`reserve`)."""
         size = clamp_max_size(spec, max_size)  # this study's limit; another's may differ
-        if time.monotonic() - self._index_at > self.index_ttl:
-            await self._refresh_index()
         retained = frozenset(capacities)
-        first = next((sid for sid, caps in self._index if caps <= retained), None)
+        first = next(iter(await self._candidates(retained)), None)
         if first != trial.study_id:
             outcome = await self._register_typed(spec, trial, typed, request_id)
             nxt = await self.reserve(
@@ -826,25 +851,24 @@ class RedisTable(Table):
         if outcome in ("unknown", "wrong_worker"):
             raise TrialRejected(outcome, REJECTIONS[outcome])
         if status == "done":
-            await self.client.zrem(self._g("active"), sid)
+            await self.index.finish(sid)
 
     async def reap(self) -> int:
-        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        sids = await self.index.active()
         total, finished = 0, []
         for sid in sids:
             n, status = await self._call("reap", self.study_keys(sid)[:5], [])
             total += int(n)
             if _s(status) in ("done", ""):
                 finished.append(sid)
-        if finished:
-            await self.client.zrem(self._g("active"), *finished)
+        await self.index.finish(*finished)
         return total
 
     async def release_worker(self, worker_id: str) -> int:
         wid = _clean(worker_id)
         if not wid:
             raise InvalidInput("worker_id", "must not be empty")
-        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        sids = await self.index.active()
         total = 0
         for sid in sids:
             n, _status = await self._call("release_worker", self.study_keys(sid)[:4], [wid])
@@ -877,7 +901,7 @@ class RedisTable(Table):
         return out
 
     async def backlog(self) -> Backlog:
-        sids = [_s(x) or "" for x in await self.client.zrange(self._g("active"), 0, -1)]
+        sids = await self.index.active()
         now = await self.server_time()
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
@@ -956,7 +980,7 @@ class RedisTable(Table):
         reserve or register cannot fall between them). Leased trials become waiting ranges;
         an expired lease (state X) is already in `back` or `failed` and is not added again."""
         studies = []
-        for sid in [_s(x) or "" for x in await self.client.zrange(self._g("studies"), 0, -1)]:
+        for sid in await self.index.studies():
             keys = self.study_keys(sid)
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(keys[0])
@@ -1020,19 +1044,17 @@ class RedisTable(Table):
                     pipe.hset(keys[5], tid, payload)
                     pipe.zadd(keys[6], {tid: start})
                 await pipe.execute()
-            await self._index_study(sid, h)
+            await self._index_study(sid, spec, h)
             out.append(sid)
-        self._index_at = -1e9
         return out
 
-    async def _index_study(self, sid: str, h: dict[str, str]) -> None:
-        seq = int(h.get("seq", "0"))
-        priority = int(h.get("priority", "0"))
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._g("studies"), {sid: seq})
-            if h["status"] != "done":
-                pipe.zadd(self._g("active"), {sid: -priority * 2**32 + seq})
-            await pipe.execute()
+    async def _index_study(self, sid: str, spec: StudySpec, h: dict[str, str]) -> None:
+        seq, priority = int(h.get("seq", "0")), int(h.get("priority", "0"))
+        if h["status"] == "done":
+            await self.index.add_done(sid, seq)
+        else:
+            workable = h["status"] != "paused"
+            await self.index.add(sid, spec.capacities, priority, seq, workable=workable)
 
     async def _store_done_study(
         self,
@@ -1064,6 +1086,6 @@ class RedisTable(Table):
                 pipe.hset(keys[5], tid, results.pack(values))
                 pipe.zadd(keys[6], {tid: start})
             await pipe.execute()
-        await self._index_study(sid, h)
+        await self._index_study(sid, spec, h)
         self._specs[sid] = spec
         return sid
