@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -170,6 +171,8 @@ async def _table(
     else:
         from redis.exceptions import ResponseError
 
+        from ld2.store.urls import redacted
+
         try:
             table = open_table(redis, **kwargs)
         except ValueError as err:  # redis-py's words for a URL it cannot read
@@ -179,7 +182,8 @@ async def _table(
             await table.check_eviction(allow=_allow_eviction())
         except ResponseError as err:  # e.g. "DB index is out of range", "NOAUTH"
             await table.close()
-            raise InvalidInput("--redis", f"{redis or 'the Redis URL'}: {err}") from None
+            where = redacted(redis) if redis else "the Redis URL"
+            raise InvalidInput("--redis", f"{where}: {err}") from None
         except BaseException:
             await table.close()
             raise
@@ -702,13 +706,17 @@ def reaper(
             raise InvalidInput("--interval", f"must be more than 0 seconds, got {interval}")
 
     async def go() -> None:
+        main = asyncio.current_task()
+        assert main is not None
+        # SIGTERM (a platform stopping the reaper) ends it cleanly, as Ctrl-C does: exit 0
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         async with _table(redis, None, None) as table:
             if once:
                 typer.echo(f"{await table.reap()} expired trial(s) handed back")
                 return
             await reap_periodically(table, interval)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         _run(go())
 
 

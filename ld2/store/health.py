@@ -15,6 +15,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ld2.core.errors import InvalidInput
+from ld2.store.urls import redacted
 
 log = logging.getLogger("ld2")
 
@@ -46,7 +47,7 @@ async def check_eviction(client: Any, url: str, *, allow: bool = False) -> None:
     if policy is None or policy == SAFE_POLICY:
         return
     message = (
-        f"Redis at {url} has maxmemory-policy {policy}: when full it deletes keys, and a "
+        f"Redis at {redacted(url)} has maxmemory-policy {policy}: when full it deletes keys, and a "
         "study's results or the study itself would vanish without a word. Set "
         "`maxmemory-policy noeviction` (redis.conf or CONFIG SET; see docs/store.md)"
     )

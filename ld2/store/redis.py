@@ -61,6 +61,7 @@ from ld2.store.base import (
     from_ms,
 )
 from ld2.store.index import StudyIndex
+from ld2.store.urls import redacted
 
 T = TypeVar("T")
 
@@ -124,7 +125,7 @@ TRANSIENT = (
 
 def unavailable(err: BaseException, url: str) -> BackendUnavailable:
     """The one mapping of a Redis error to what ld2's callers handle (and retry)."""
-    where = f"Redis at {url or 'the given client'}"
+    where = f"Redis at {redacted(url) if url else 'the given client'}"
     if isinstance(err, OutOfMemoryError):
         return BackendUnavailable(
             f"{where} is full (maxmemory reached; ld2 needs maxmemory-policy noeviction, so "
@@ -261,15 +262,30 @@ class RedisTable(Table):
         self._live_workers = 0
         self._cluster: bool | None = isinstance(client, RedisCluster)
         self._connecting: asyncio.Lock | None = None
+        self._client_options: dict[str, Any] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> RedisTable:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        client_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RedisTable:
         """A table on `url`. With `cluster` None the server is asked on first use (``INFO
         cluster``) whether it is a node of a Redis Cluster, as managed platforms hand out a
-        plain ``redis://`` URL of one node; True or False says so instead."""
-        client: Any = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
+        plain ``redis://`` URL of one node; True or False says so instead. `client_options`
+        go to redis-py's client (e.g. ``ssl_cert_reqs``)."""
+        options = client_options or {}
+        client: Any = (
+            RedisCluster.from_url(url, **options)
+            if cluster
+            else aioredis.Redis.from_url(url, **options)
+        )
         table = cls(client, url=url, **kwargs)
         table._cluster = cluster
+        table._client_options = options
         return table
 
     @property
@@ -289,7 +305,8 @@ class RedisTable(Table):
             except ResponseError:  # INFO refused (a restricted managed Redis): a single server
                 enabled = False
             if enabled:
-                single, self.client = self.client, RedisCluster.from_url(self.url)
+                cluster = RedisCluster.from_url(self.url, **self._client_options)
+                single, self.client = self.client, cluster
                 self.index.client = self.client
                 self._scripts = {n: self.client.register_script(t) for n, t in _SOURCES.items()}
                 await single.aclose()
