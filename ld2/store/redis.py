@@ -24,7 +24,16 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -118,9 +127,23 @@ def _clean(text: str | None) -> str:
 
 TRANSIENT = (
     RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ReadOnlyError,
-    OutOfMemoryError,
+    OutOfMemoryError, ClusterError, TryAgainError, SlotNotCoveredError,
 )  # fmt: skip
-"""Redis errors that say "not now" rather than "no": every caller retries them."""
+"""Redis errors that say "not now" rather than "no": every caller retries them (a cluster with
+a master down says CLUSTERDOWN, TRYAGAIN or "slot not covered" until it is back)."""
+
+_CLUSTER_TRANSIENT = ("Redis Cluster cannot be connected", "All slots are not covered")
+
+
+def cluster_trouble(err: RedisClusterException, url: str) -> Exception:
+    """redis-py's cluster client says both "unreachable now" and "this cannot work" (a db
+    number, a node that is not in cluster mode) with one exception type: tell them apart."""
+    text = str(err)
+    if isinstance(err, SlotNotCoveredError) or (
+        text.startswith(_CLUSTER_TRANSIENT) and "Cluster mode is not enabled" not in text
+    ):
+        return BackendUnavailable(f"the Redis Cluster at {redacted(url)} is not whole: {err}")
+    return InvalidInput("--redis", f"{redacted(url)}: {err}")
 
 
 def unavailable(err: BaseException, url: str) -> BackendUnavailable:
@@ -162,6 +185,8 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
             raise  # already said (it is an OSError too: never wrap it twice)
         except TRANSIENT as err:
             raise unavailable(err, self.url) from err
+        except RedisClusterException as err:
+            raise cluster_trouble(err, self.url) from err
 
     return call
 
@@ -178,6 +203,8 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
             raise
         except TRANSIENT as err:
             raise unavailable(err, self.url) from err
+        except RedisClusterException as err:
+            raise cluster_trouble(err, self.url) from err
 
     return stream
 
@@ -278,11 +305,14 @@ class RedisTable(Table):
         plain ``redis://`` URL of one node; True or False says so instead. `client_options`
         go to redis-py's client (e.g. ``ssl_cert_reqs``)."""
         options = client_options or {}
-        client: Any = (
-            RedisCluster.from_url(url, **options)
-            if cluster
-            else aioredis.Redis.from_url(url, **options)
-        )
+        try:
+            client: Any = (
+                RedisCluster.from_url(url, **options)
+                if cluster
+                else aioredis.Redis.from_url(url, **options)
+            )
+        except RedisClusterException as err:  # e.g. a database number: a cluster has only 0
+            raise cluster_trouble(err, url) from None
         table = cls(client, url=url, **kwargs)
         table._cluster = cluster
         table._client_options = options

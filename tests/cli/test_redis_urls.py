@@ -16,6 +16,7 @@ import redis
 
 from ld2.store.urls import redacted
 from tests.cli.test_faults import full_env, ld2_cmd
+from tests.cluster import LocalCluster
 from tests.conftest import _free_port
 
 
@@ -108,3 +109,17 @@ def test_sigterm_ends_the_reaper_cleanly(private_redis_url: str | None) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cluster_urls_that_cannot_work_are_named(
+    local_cluster: LocalCluster, private_redis_url: str | None
+) -> None:
+    ok = ld2("status", "--redis", local_cluster.url)
+    assert ok.returncode == 0, ok.stderr
+    db1 = ld2("status", "--redis", f"{local_cluster.url}/1")
+    assert db1.returncode == 2 and "cluster mode" in db1.stderr, db1.stderr  # only database 0
+    assert "Traceback" not in db1.stderr
+    if private_redis_url is not None:  # told it is a cluster, but it is a single server
+        single = ld2("status", "--redis", private_redis_url, env={"LD2_REDIS_CLUSTER": "yes"})
+        assert single.returncode == 2 and "cluster" in single.stderr.lower(), single.stderr
+        assert "Traceback" not in single.stderr
