@@ -249,7 +249,7 @@ class Probe:
             state = self._run(self.table.get_study(name=self.name))
         except (LD2Error, redis.RedisError, OSError, TimeoutError):
             return None
-        self.key = self.table.study_keys(state.study_id)[0]
+        self.key = self.table.study_keys(state.study_id).s
         return state
 
     def done(self) -> int | None:

@@ -115,7 +115,7 @@ async def _measure(url: str, history: int, seconds: float) -> None:
                 points += res.count
             used = (await client.info("memory"))["used_memory"] - b0
             print(f"memory per int result point ({kind}): {used / points:5.2f} bytes  (goal ≤ 10)")
-        keys = mem.study_keys(sid)
+        keys = mem.study_keys(sid).all()
         usage = sum([await client.memory_usage(k) or 0 for k in keys])
         print(
             f"  MEMORY USAGE of the study's keys: {usage} bytes for "

@@ -70,11 +70,11 @@ from ld2.store.base import (
     from_ms,
 )
 from ld2.store.index import StudyIndex
+from ld2.store.keys import StudyKeys, global_key, lua_prelude, reply_key
 from ld2.store.urls import redacted
 
 T = TypeVar("T")
 
-STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
 _SCRIPTS = (
     "heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name", "live",
     "release_worker",
@@ -96,7 +96,7 @@ def _load_scripts() -> dict[str, str]:
     def text(name: str) -> str:
         return (folder / f"{name}.lua").read_text()
 
-    lib = text("lib")
+    lib = f"{lua_prelude()}{text('lib')}"
     out = {name: f"{lib}\n{text(name)}" for name in _SCRIPTS}
     bodies = {
         name: f"local function {name}_body(KEYS, ARGV)\n{text(name)}\nend\n" for name in _BODIES
@@ -282,7 +282,7 @@ class RedisTable(Table):
             name: client.register_script(text) for name, text in _SOURCES.items()
         }
         self._specs: dict[str, StudySpec] = {}
-        self._keys: dict[str, list[str]] = {}
+        self._keys: dict[str, StudyKeys] = {}
         self.index = StudyIndex(client, prefix, index_ttl)
         self._workers_seen: dict[str, float] = {}
         self.fair_share = fair_share
@@ -344,16 +344,27 @@ class RedisTable(Table):
 
     # -- keys -----------------------------------------------
     def _g(self, name: str) -> str:
-        return f"{self.prefix}:{{g}}:{name}"
+        return global_key(self.prefix, name)
 
-    def study_keys(self, sid: str) -> list[str]:
+    def study_keys(self, sid: str) -> StudyKeys:
         keys = self._keys.get(sid)
         if keys is None:
-            keys = self._keys[sid] = [f"{self.prefix}:{{{sid}}}:{k}" for k in STUDY_KEYS]
+            keys = self._keys[sid] = StudyKeys.of(self.prefix, sid)
         return keys
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=list(keys), args=list(args))
+
+    async def _study_call(
+        self, name: str, sid: str, args: Sequence[Any], request_id: str | None = None
+    ) -> Any:
+        """Script `name` on study `sid`: its keys (`SCRIPT_KEYS`), then with a request id the
+        reply key, and the reply's expiry after `args`."""
+        keys = self.study_keys(sid).for_script(name)
+        if request_id is not None:
+            keys.append(reply_key(self.prefix, sid, request_id))
+            args = [*args, self.reply_ttl_ms]
+        return await self._scripts[name](keys=keys, args=list(args))
 
     async def ping(self) -> None:
         await self.client.ping()
@@ -383,7 +394,7 @@ class RedisTable(Table):
             fields["limit_ms"] = str(int(trial_limit * 1000))
         flat_args = [x for kv in fields.items() for x in kv]
         try:
-            await self._call("create", self.study_keys(sid)[:1], flat_args)
+            await self._study_call("create", sid, flat_args)
         except BaseException:
             if spec.name is not None:  # best effort; a claim left behind goes stale
                 with contextlib.suppress(*TRANSIENT):
@@ -440,7 +451,7 @@ class RedisTable(Table):
         seen, now = reply[1], int(reply[2])
         holder, _, claimed = seen.partition("|")
         taken = NameTaken("study.name", f"the name {name!r} is already registered")
-        if await self.client.exists(self.study_keys(holder)[0]):
+        if await self.client.exists(self.study_keys(holder).s):
             raise taken
         if claimed and now - int(claimed) < STALE_CLAIM_MS:
             raise taken  # being registered right now
@@ -455,7 +466,7 @@ class RedisTable(Table):
     async def _spec(self, sid: str) -> StudySpec:
         spec = self._specs.get(sid)
         if spec is None:
-            raw, limit_ms = await self.client.hmget(self.study_keys(sid)[0], "spec", "limit_ms")
+            raw, limit_ms = await self.client.hmget(self.study_keys(sid).s, "spec", "limit_ms")
             if raw is None:
                 raise NotFound(f"Study not found: study_id={sid}")
             spec = _stored_spec(raw, limit_ms)
@@ -473,7 +484,7 @@ class RedisTable(Table):
         return claim.partition("|")[0]
 
     async def _lease_holders(self, sid: str) -> int:
-        return int(await self._call("live", self.study_keys(sid)[:4], []))
+        return int(await self._study_call("live", sid, []))
 
     def _state(
         self, sid: str, h: dict[bytes, bytes], spec: StudySpec, live: int | None = None
@@ -502,7 +513,7 @@ class RedisTable(Table):
 
     async def get_study(self, study_id: str | None = None, name: str | None = None) -> StudyState:
         sid = await self._resolve(study_id, name)
-        h = await self.client.hgetall(self.study_keys(sid)[0])
+        h = await self.client.hgetall(self.study_keys(sid).s)
         if not h:
             raise NotFound(f"Study not found: study_id={sid}")
         return self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
@@ -511,7 +522,7 @@ class RedisTable(Table):
         sids = await self.index.studies()
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.hgetall(self.study_keys(sid)[0])
+                pipe.hgetall(self.study_keys(sid).s)
             hashes = await pipe.execute()
         states = [
             self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
@@ -525,8 +536,7 @@ class RedisTable(Table):
         return finished + [s for s in states if s.status != "done"]
 
     async def _control(self, study_id: str, action: str) -> list[str]:
-        keys = self.study_keys(study_id)
-        reply = [_s(x) or "" for x in await self._call("control", keys, [action])]
+        reply = [_s(x) or "" for x in await self._study_call("control", study_id, [action])]
         outcome, status = reply[:2]
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={study_id}")
@@ -549,7 +559,7 @@ class RedisTable(Table):
         return Deleted(study_id, spec.name, status, int(done or 0), int(failed or 0))
 
     async def retry_failures(self, study_id: str) -> int:
-        reply = [_s(x) or "" for x in await self._call("retry", self.study_keys(study_id)[:5], [])]
+        reply = [_s(x) or "" for x in await self._study_call("retry", study_id, [])]
         outcome, points, status = reply
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={study_id}")
@@ -560,7 +570,7 @@ class RedisTable(Table):
     async def _reindex(self, sid: str) -> None:
         """Put a study back in the index as its hash says (resumed, or failures retried)."""
         status, seq, priority = await self.client.hmget(
-            self.study_keys(sid)[0], "status", "seq", "priority"
+            self.study_keys(sid).s, "status", "seq", "priority"
         )
         if status is not None and status != b"done":
             caps = (await self._spec(sid)).capacities
@@ -641,18 +651,6 @@ class RedisTable(Table):
             fresh = True
         return None
 
-    def _reply_key(self, sid: str, request_id: str) -> str:
-        """Where the replies to `request_id` in study `sid` are remembered (its hash tag)."""
-        return f"{self.prefix}:{{{sid}}}:reply:{request_id}"
-
-    def _with_reply(
-        self, sid: str, keys: list[str], args: list[Any], request_id: str | None
-    ) -> tuple[list[str], list[Any]]:
-        """A script's keys and arguments, plus the reply key and expiry for a request id."""
-        if request_id is None:
-            return keys, args
-        return [*keys, self._reply_key(sid, request_id)], [*args, self.reply_ttl_ms]
-
     async def _holder_first(self, sids: list[str], request_id: str) -> list[str]:
         """`sids` with the study that remembers a lease for `request_id` first, if any.
 
@@ -661,7 +659,7 @@ class RedisTable(Table):
         before the script of the holder replays the first. One round trip of GETs."""
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.get(self._reply_key(sid, request_id))
+                pipe.get(reply_key(self.prefix, sid, request_id))
             found = await pipe.execute()
         for sid, value in zip(sids, found, strict=True):
             if (_s(value) or "").partition("\n")[2]:
@@ -678,8 +676,7 @@ class RedisTable(Table):
         request_id: str | None = None,
     ) -> Reservation | None:
         args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers, lease_ms]
-        keys, args = self._with_reply(sid, self.study_keys(sid)[:5], args, request_id)
-        reply = await self._call("reserve", keys, args)
+        reply = await self._study_call("reserve", sid, args, request_id)
         return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
 
     async def _reservation(
@@ -799,8 +796,7 @@ class RedisTable(Table):
     ) -> Outcome:
         sid = trial.study_id
         args = self._register_args(spec, trial, typed)
-        keys, args = self._with_reply(sid, self.study_keys(sid), args, request_id)
-        reply = await self._call("register", keys, args)
+        reply = await self._study_call("register", sid, args, request_id)
         outcome, status = (_s(x) or "" for x in reply)
         return await self._outcome(trial, outcome, status)
 
@@ -858,8 +854,7 @@ class RedisTable(Table):
             _lease_ms(lease),
         ]
         sid = trial.study_id
-        keys, args = self._with_reply(sid, self.study_keys(sid), args, request_id)
-        reply = [_s(x) or "" for x in await self._call("cycle", keys, args)]
+        reply = [_s(x) or "" for x in await self._study_call("cycle", sid, args, request_id)]
         outcome = await self._outcome(trial, reply[0], reply[1])
         nxt = await self._reservation(sid, reply[2:], trial.worker_id, worker_name)
         if nxt is None:
@@ -872,9 +867,7 @@ class RedisTable(Table):
     # -- leases -----------------------------------------------
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
         sid = study_id_of(trial_id)
-        answer = _s(
-            await self._call("heartbeat", self.study_keys(sid)[:4], [trial_id, _clean(worker_id)])
-        )
+        answer = _s(await self._study_call("heartbeat", sid, [trial_id, _clean(worker_id)]))
         return "ok" if answer == "ok" else "stop"
 
     async def fail(
@@ -891,8 +884,7 @@ class RedisTable(Table):
         rid = _request_id(request_id)
         sid = study_id_of(trial_id)
         args: list[Any] = [trial_id, _clean(worker_id), _clean(error)[:500], mode]
-        keys, args = self._with_reply(sid, self.study_keys(sid)[:5], args, rid)
-        outcome, status = (_s(x) or "" for x in await self._call("fail", keys, args))
+        outcome, status = (_s(x) or "" for x in await self._study_call("fail", sid, args, rid))
         if outcome == "missing":
             raise NotFound(f"Study not found: study_id={sid}")
         if outcome in ("unknown", "wrong_worker"):
@@ -904,7 +896,7 @@ class RedisTable(Table):
         sids = await self.index.active()
         total, finished = 0, []
         for sid in sids:
-            n, status = await self._call("reap", self.study_keys(sid)[:5], [])
+            n, status = await self._study_call("reap", sid, [])
             total += int(n)
             if _s(status) in ("done", ""):
                 finished.append(sid)
@@ -918,23 +910,23 @@ class RedisTable(Table):
         sids = await self.index.active()
         total = 0
         for sid in sids:
-            n, _status = await self._call("release_worker", self.study_keys(sid)[:4], [wid])
+            n, _status = await self._study_call("release_worker", sid, [wid])
             total += int(n)
         return total
 
     # -- reading -----------------------------------------------
     async def iter_results(self, study_id: str, batch: int = 256) -> AsyncIterator[ResultBlock]:
         keys = self.study_keys(study_id)
-        if not await self.client.exists(keys[0]):
+        if not await self.client.exists(keys.s):
             raise NotFound(f"Study not found: study_id={study_id}")
         low: float | str = "-inf"
         while True:
             rows = await self.client.zrangebyscore(
-                keys[6], low, "+inf", start=0, num=batch, withscores=True
+                keys.done, low, "+inf", start=0, num=batch, withscores=True
             )
             if not rows:
                 return
-            payloads = await self.client.hmget(keys[5], [tid for tid, _ in rows])
+            payloads = await self.client.hmget(keys.res, [tid for tid, _ in rows])
             for (_, score), payload in zip(rows, payloads, strict=True):
                 if payload is not None:
                     yield ResultBlock(int(score), results.unpack(payload))
@@ -942,7 +934,7 @@ class RedisTable(Table):
 
     async def failures(self, study_id: str) -> list[Failure]:
         out = []
-        for member in await self.client.zrange(self.study_keys(study_id)[4], 0, -1):
+        for member in await self.client.zrange(self.study_keys(study_id).failed, 0, -1):
             start, count, attempts, _tid, error = (_s(member) or "").split(":", 4)
             out.append(Failure(int(start), int(count), int(attempts), error))
         return out
@@ -953,9 +945,9 @@ class RedisTable(Table):
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in sids:
                 keys = self.study_keys(sid)
-                pipe.hmget(keys[0], "total", "done", "failed", "reserved")
-                pipe.zcard(keys[1])
-                pipe.zcard(keys[2])
+                pipe.hmget(keys.s, "total", "done", "failed", "reserved")
+                pipe.zcard(keys.back)
+                pipe.zcard(keys.leases)
             pipe.zcount(self._g("workers"), int(now.timestamp() * 1000) - 60_000, "+inf")
             replies = await pipe.execute()
         points: int | None = 0
@@ -990,7 +982,7 @@ class RedisTable(Table):
             per_worker: dict[str, list[Any]] = {}
             if cutoff_sec > 0:
                 events = await self.client.xrange(
-                    self.study_keys(state.study_id)[7], min=f"{max(since_ms, -1) + 1}", max="+"
+                    self.study_keys(state.study_id).events, min=f"{max(since_ms, -1) + 1}", max="+"
                 )
                 for _eid, fields in events:
                     wid = _s(fields[b"w"]) or ""
@@ -1030,13 +1022,13 @@ class RedisTable(Table):
         for sid in await self.index.studies():
             keys = self.study_keys(sid)
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(keys[0])
-                pipe.hgetall(keys[3])
-                pipe.zrange(keys[1], 0, -1)
-                pipe.zrange(keys[4], 0, -1)
-                pipe.zrange(keys[8], 0, -1)
-                pipe.zrange(keys[6], 0, -1, withscores=True)
-                pipe.hgetall(keys[5])
+                pipe.hgetall(keys.s)
+                pipe.hgetall(keys.trials)
+                pipe.zrange(keys.back, 0, -1)
+                pipe.zrange(keys.failed, 0, -1)
+                pipe.zrange(keys.best, 0, -1)
+                pipe.zrange(keys.done, 0, -1, withscores=True)
+                pipe.hgetall(keys.res)
                 h, trials, back_members, failed, best, done, payloads = await pipe.execute()
             if not h:
                 continue
@@ -1073,23 +1065,23 @@ class RedisTable(Table):
             h = dict(study.hash)
             sid = h["id"]
             keys = self.study_keys(sid)
-            if await self.client.exists(keys[0]):
+            if await self.client.exists(keys.s):
                 continue
             if spec.name is not None:
                 await self._claim_name(spec.name, sid)
             back = set(study.back)
             h["reserved"] = "0"
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(keys[0], mapping=h)
+                pipe.hset(keys.s, mapping=h)
                 for start, count, attempts in sorted(back):
-                    pipe.zadd(keys[1], {f"{start}:{count}:{attempts}:-": start})
+                    pipe.zadd(keys.back, {f"{start}:{count}:{attempts}:-": start})
                 for member in study.failed:
-                    pipe.zadd(keys[4], {member: int(member.split(":")[0])})
+                    pipe.zadd(keys.failed, {member: int(member.split(":")[0])})
                 for member in study.best:
-                    pipe.zadd(keys[8], {member: 0})
+                    pipe.zadd(keys.best, {member: 0})
                 for (tid, start, _), payload in zip(study.results, payloads, strict=True):
-                    pipe.hset(keys[5], tid, payload)
-                    pipe.zadd(keys[6], {tid: start})
+                    pipe.hset(keys.res, tid, payload)
+                    pipe.zadd(keys.done, {tid: start})
                 await pipe.execute()
             await self._index_study(sid, spec, h)
             out.append(sid)
@@ -1127,11 +1119,11 @@ class RedisTable(Table):
         if spec.vector and blocks:
             h["vlen"] = str(blocks[0][1].shape[1])
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys[0], mapping=h)
+            pipe.hset(keys.s, mapping=h)
             for n, (start, values) in enumerate(blocks):
                 tid = f"{sid}-{n:#x}"
-                pipe.hset(keys[5], tid, results.pack(values))
-                pipe.zadd(keys[6], {tid: start})
+                pipe.hset(keys.res, tid, results.pack(values))
+                pipe.zadd(keys.done, {tid: start})
             await pipe.execute()
         await self._index_study(sid, spec, h)
         self._specs[sid] = spec

@@ -81,7 +81,7 @@ async def _back(table: RedisTable, sid: str) -> list[tuple[int, int, int, str]]:
     """The study's handed-back ranges (start, count, attempts, trial id) — store.md's
     ``P:{sid}:back`` members ``start:count:attempts:trial``."""
     out = []
-    for member in await table.client.zrange(table.study_keys(sid)[1], 0, -1):
+    for member in await table.client.zrange(table.study_keys(sid).back, 0, -1):
         start, count, attempts, tid = member.decode().split(":")
         out.append((int(start), int(count), int(attempts), tid))
     return out
@@ -89,7 +89,7 @@ async def _back(table: RedisTable, sid: str) -> list[tuple[int, int, int, str]]:
 
 async def _leases(table: RedisTable, sid: str) -> dict[str, float]:
     """trial id → lease deadline (ms, Redis time) of every lease the study holds."""
-    rows = await table.client.zrange(table.study_keys(sid)[2], 0, -1, withscores=True)
+    rows = await table.client.zrange(table.study_keys(sid).leases, 0, -1, withscores=True)
     return {tid.decode(): score for tid, score in rows}
 
 

@@ -18,9 +18,9 @@ async def _consistent(table: RedisTable, sid: str) -> tuple[int, list[str], dict
     """`reserved` equals the points of the leased trials, and the leases zset lists exactly
     them; returns (reserved, lease ids, trial records)."""
     keys = table.study_keys(sid)
-    reserved = int(await table.client.hget(keys[0], "reserved") or 0)
-    leases = sorted(x.decode() for x in await table.client.zrange(keys[2], 0, -1))
-    records = {k.decode(): v.decode() for k, v in (await table.client.hgetall(keys[3])).items()}
+    reserved = int(await table.client.hget(keys.s, "reserved") or 0)
+    leases = sorted(x.decode() for x in await table.client.zrange(keys.leases, 0, -1))
+    records = {k.decode(): v.decode() for k, v in (await table.client.hgetall(keys.trials)).items()}
     leased = {tid: rec.split("\t") for tid, rec in records.items() if rec.split("\t")[4] == "L"}
     assert leases == sorted(leased)
     assert reserved == sum(int(rec[1]) for rec in leased.values())
@@ -44,7 +44,7 @@ async def test_only_that_workers_trials_go_back_in_every_active_study(
     reserved, leases, records = await _consistent(table, a)
     assert (reserved, leases, list(records)) == (10, [alive.trial_id], [alive.trial_id])  # type: ignore[union-attr]
     assert await _consistent(table, b) == (0, [], {})
-    back = sorted(x.decode() for x in await table.client.zrange(table.study_keys(a)[1], 0, -1))
+    back = sorted(x.decode() for x in await table.client.zrange(table.study_keys(a).back, 0, -1))
     assert back == ["0:10:0:-", "10:10:0:-"]  # as they were, no attempt counted
     # the dead worker's trials are no longer its own
     assert await table.heartbeat(dead[0].trial_id, "dead") == "stop"  # type: ignore[union-attr]
@@ -82,7 +82,7 @@ async def test_attempts_are_kept_and_expired_trials_left_alone(
         await table.heartbeat(retried.trial_id, "dead")  # revived if it expired too
         assert await table.release_worker("dead") == 1  # the expired one is back already
         back = sorted(
-            x.decode() for x in await table.client.zrange(table.study_keys(sid)[1], 0, -1)
+            x.decode() for x in await table.client.zrange(table.study_keys(sid).back, 0, -1)
         )
         assert back[0] == "0:5:1:-"  # its attempt as it was
         assert back[1].startswith("5:5:1:")  # expired: counted by the reaper, not here

@@ -1,8 +1,9 @@
 -- pause | resume | cancel | delete a study. Cancel deletes every key of an active study (as
 -- lite_dist2 does); delete does the same for a study in any state (forgetting a finished one).
--- KEYS: the study's keys (hash first). ARGV: action.
+-- KEYS: the study's N_CONTROL keys (hash first). ARGV: action.
 -- Returns {outcome, status before, done, failed}: ok | missing | inactive | unchanged
-local f = redis.call('HMGET', KEYS[1], 'status', 'done', 'failed')
+local k = study_keys(KEYS, N_CONTROL)
+local f = redis.call('HMGET', k.s, 'status', 'done', 'failed')
 local status = f[1]
 if not status then
   return {'missing', ''}
@@ -21,12 +22,12 @@ elseif action == 'pause' then
   if status == 'paused' then
     return {'unchanged', status}
   end
-  redis.call('HSET', KEYS[1], 'status', 'paused', 'paused_from', status)
+  redis.call('HSET', k.s, 'status', 'paused', 'paused_from', status)
 elseif action == 'resume' then
   if status ~= 'paused' then
     return {'unchanged', status}
   end
-  redis.call('HSET', KEYS[1], 'status', redis.call('HGET', KEYS[1], 'paused_from'))
+  redis.call('HSET', k.s, 'status', redis.call('HGET', k.s, 'paused_from'))
 else
   return redis.error_reply('unknown action ' .. action)
 end

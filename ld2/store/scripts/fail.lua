@@ -7,12 +7,12 @@
 --   quarantine  the range can never succeed (the runner cannot be called for this study)
 -- KEYS: study hash, back, leases, trials, failed
 -- ARGV: trial id, worker id, error text, mode
--- With a request id: KEYS[6] is its reply key, ARGV[5] the reply's expiry (ms); an id whose
+-- With a request id: KEYS[N_FAIL + 1] is its reply key, ARGV[5] the reply's expiry (ms); an id whose
 -- trial was handed back gets that answer again (the repeat changes nothing).
 -- Returns {outcome, status}: ok | unknown | wrong_worker | inactive | missing
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_FAIL)
 local tid, mode = ARGV[1], ARGV[4]
-local reply_key, reply_ttl = KEYS[6], ARGV[5]
+local reply_key, reply_ttl = KEYS[N_FAIL + 1], ARGV[5]
 local old = recall(reply_key, 1)
 if old then
   return old

@@ -2,7 +2,7 @@
 -- cancelled, reissued).
 -- KEYS: study hash, back, leases, trials
 -- ARGV: trial id, worker id
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_HEARTBEAT)
 local tid = ARGV[1]
 local f = redis.call('HMGET', k.s, 'status', 'timeout_ms')
 if not f[1] or not is_active(f[1]) then

@@ -182,11 +182,13 @@ local function reap_expired(k, now, max_attempts)
   return #expired
 end
 
-local function study_keys(keys)
-  return {
-    s = keys[1], back = keys[2], leases = keys[3], trials = keys[4], failed = keys[5],
-    res = keys[6], done = keys[7], events = keys[8], best = keys[9],
-  }
+-- The first `n` of a study's keys by name (names and counts come from ld2/store/keys.py).
+local function study_keys(keys, n)
+  local k = {}
+  for i = 1, n do
+    k[STUDY_KEY_NAMES[i]] = keys[i]
+  end
+  return k
 end
 
 local function is_active(status)

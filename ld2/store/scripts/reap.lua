@@ -1,7 +1,7 @@
 -- Hand back the expired leases of one study. Safe to run from any number of reapers.
 -- KEYS: study hash, back, leases, trials, failed
 -- Returns {number reaped, status}
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_REAP)
 local f = redis.call('HMGET', k.s, 'status', 'max_attempts')
 if not f[1] then
   return {0, ''}

@@ -2,13 +2,13 @@
 -- KEYS: study hash, back, leases, trials, failed, results, done index, events, best
 -- ARGV: trial id, worker id, start, count, packed results, hit offset (-1: none),
 --       best key ('' : none), best offset, vector length (0: scalar)
--- With a request id: KEYS[10] is its reply key, ARGV[10] the reply's expiry (ms); an id whose
+-- With a request id: KEYS[N_REGISTER + 1] is its reply key, ARGV[10] the reply's expiry (ms); an id whose
 -- registration went through (ok or ignored) gets that answer again, before anything is checked.
 -- Returns {outcome, status}: ok | ignored | missing | inactive | duplicate | unknown |
 --   wrong_worker | mismatch | vector_length | reissued
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_REGISTER)
 local tid, worker = ARGV[1], ARGV[2]
-local reply_key, reply_ttl = KEYS[10], ARGV[10]
+local reply_key, reply_ttl = KEYS[N_REGISTER + 1], ARGV[10]
 local old = recall(reply_key, 1)
 if old then
   return old

@@ -4,7 +4,7 @@
 -- KEYS: study hash, back, leases, trials
 -- ARGV: worker id
 -- Returns {number handed back, status}
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_RELEASE_WORKER)
 local worker = ARGV[1]
 local status = redis.call('HGET', k.s, 'status')
 if not status then

@@ -4,11 +4,11 @@
 --       lease ms (0 or absent: the study's trial timeout; a heartbeating worker asks for less)
 -- With N live workers no trial takes more than the points left / 2N (but at least 16), so that
 -- a worker whose trial size was set by a faster study cannot take the rest while others idle.
--- With a request id: KEYS[6] is its reply key, ARGV[7] the reply's expiry (ms); a lease this
+-- With a request id: KEYS[N_RESERVE + 1] is its reply key, ARGV[7] the reply's expiry (ms); a lease this
 -- id already holds (leased to this worker, not expired) is answered again, with its current
 -- deadline, instead of a second one. ARGV[8] 'replay': only that; else {'skipped', status}.
 -- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_RESERVE)
 local sid, max_size = ARGV[1], tonumber(ARGV[2])
 local f = redis.call('HMGET', k.s, 'status', 'total', 'cursor', 'sizes', 'strides', 'jagged',
   'order', 'timeout_ms', 'max_attempts', 'done', 'failed', 'reserved')
@@ -16,7 +16,7 @@ local status = f[1]
 if not status then
   return {'missing', ''}
 end
-local reply_key, reply_ttl = KEYS[6], ARGV[7]
+local reply_key, reply_ttl = KEYS[N_RESERVE + 1], ARGV[7]
 if reply_key then
   local old = recall(reply_key, 2)
   if old then

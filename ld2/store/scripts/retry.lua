@@ -2,7 +2,7 @@
 -- A finished study becomes active again, unless find_exact already found its answer.
 -- KEYS: study hash, back, leases, trials, failed
 -- Returns {outcome, points requeued, status}: ok | missing | solved
-local k = study_keys(KEYS)
+local k = study_keys(KEYS, N_RETRY)
 local f = redis.call('HMGET', k.s, 'status', 'hit_flat', 'started_ms')
 local status = f[1]
 if not status then
