@@ -415,7 +415,7 @@ def status(
         async with _table(redis, api, token) as table:
             while True:
                 states = [await _find(table, study)] if study else await table.list_studies()
-                progress = {p.study_id: p for p in (await table.progress(30)).progress_summaries}
+                progress = {p.study_id: p for p in (await table.progress(30)).studies}
                 grid = RichTable(
                     "study", "status", "done / total", "failed", "points/s", "ETA", "workers"
                 )
@@ -424,8 +424,8 @@ def status(
                     total = "∞" if s.total is None else f"{s.total:,}"
                     live = s.live_workers
                     if live is None:  # a lite_dist2 server: who sent results lately
-                        live = 0 if p is None else len(p.worker_efficiencies)
-                    eta = "" if p is None or p.eta == "unpredictable" else str(p.eta)[:19]
+                        live = 0 if p is None else len(p.workers)
+                    eta = "" if p is None or p.eta is None else str(p.eta)[:19]
                     if not live or s.status != "running":
                         eta = ""
                     grid.add_row(
@@ -433,7 +433,7 @@ def status(
                         s.status,
                         f"{s.done:,} / {total}",
                         f"{s.failed:,}",
-                        "" if p is None else f"{p.grid_velocity:,.1f}",
+                        "" if p is None else f"{p.velocity:,.1f}",
                         eta,
                         str(live) if s.status != "done" else "",
                     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
+import numpy as np
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -45,7 +46,8 @@ from ld2.core.errors import (
     TrialRejected,
 )
 from ld2.core.subspace import jagged_points_json
-from ld2.store.base import FailMode, Reservation, StudyState, Table
+from ld2.core.upload import check_upload
+from ld2.store.base import FailMode, Progress, Reservation, StudyState, Table, TrialRef
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
 log = logging.getLogger("ld2.api")
@@ -273,7 +275,7 @@ def create_app(
 
     @app.get("/status/progress", response_model=m.ProgressSummaryResponse, tags=["lite_dist2"])
     async def progress(cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
-        return await T().progress(cutoff_sec)
+        return _progress_wire(await T().progress(cutoff_sec))
 
     @app.post("/study/register", response_model=m.StudyRegisteredResponse, tags=["lite_dist2"])
     async def register_study(param: m.StudyRegisterParam) -> m.StudyRegisteredResponse:
@@ -299,7 +301,8 @@ def create_app(
     async def register_trial(
         param: m.TrialRegisterParam, idempotency_key: IdempotencyKey = None
     ) -> m.OkResponse:
-        await T().register_trial(param.trial, request_id=idempotency_key)
+        ref, typed = await _uploaded(T(), param.trial)
+        await T().register(ref, typed, request_id=idempotency_key)
         return m.OkResponse(ok=True)
 
     @app.get(
@@ -341,8 +344,9 @@ def create_app(
     @app.post("/trial/cycle", response_model=m.TrialReserveResponse, tags=["ld2"])
     async def cycle(param: CycleParam, idempotency_key: IdempotencyKey = None) -> Response:
         """Register a trial and reserve the next one in one request (202 when none is left)."""
-        _, nxt = await T().register_trial_and_reserve(
-            param.trial, param.retaining_capacity, param.max_size, param.worker_node_name,
+        ref, typed = await _uploaded(T(), param.trial)
+        _, nxt = await T().register_and_reserve(
+            ref, typed, param.retaining_capacity, param.max_size, param.worker_node_name,
             lease=param.lease_seconds, request_id=idempotency_key,
         )  # fmt: skip
         return await _trial_reply(T(), nxt, with_deadline=param.lease_seconds is not None)
@@ -525,6 +529,37 @@ async def _release(table: Table, res: Reservation, why: str) -> None:
             await table.fail(res.trial_id, res.worker_id, why, mode="release")
         except Exception:  # then the lease simply expires
             log.exception("could not release trial %s", res.trial_id)
+
+
+def _progress_wire(progress: Progress) -> m.ProgressSummaryResponse:
+    """ld2's `Progress` in lite_dist2's words."""
+    return m.ProgressSummaryResponse(
+        now=progress.now,
+        cutoff_sec=progress.cutoff_sec,
+        progress_summaries=[
+            m.StudyProgressSummary(
+                study_id=p.study_id,
+                study_name=p.name,
+                total_grid="infinite" if p.total is None else p.total,
+                done_grid=p.done,
+                grid_velocity=p.velocity,
+                eta="unpredictable" if p.eta is None else p.eta,
+                worker_efficiencies=[
+                    m.WorkerEfficiency(
+                        worker_id=w.worker_id, worker_name=w.worker_name, grid_velocity=w.velocity
+                    )
+                    for w in p.workers
+                ],
+            )
+            for p in progress.studies
+        ],
+    )
+
+
+async def _uploaded(table: Table, trial: m.TrialModel) -> tuple[TrialRef, np.ndarray]:
+    """A lite_dist2 upload checked against its study (`check_upload`), as ld2's own types."""
+    start, count, typed = check_upload(await table.study_spec(trial.study_id), trial)
+    return TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count), typed
 
 
 async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:

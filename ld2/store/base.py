@@ -180,6 +180,33 @@ class Deleted:
 
 
 @dataclass(frozen=True)
+class WorkerSpeed:
+    worker_id: str
+    worker_name: str | None
+    velocity: float  # points/s registered within the window
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """An active study's pace over the last `Progress.cutoff_sec` seconds."""
+
+    study_id: str
+    name: str | None
+    total: int | None  # None: infinite
+    done: int
+    velocity: float  # points/s, all workers
+    eta: datetime | None  # None: unpredictable
+    workers: list[WorkerSpeed]
+
+
+@dataclass(frozen=True)
+class Progress:
+    now: datetime
+    cutoff_sec: int
+    studies: list[StudyProgress]
+
+
+@dataclass(frozen=True)
 class Backlog:
     """Work waiting across active studies: what an autoscaler reads."""
 
@@ -282,29 +309,9 @@ class Table(abc.ABC):
         )  # fmt: skip
         return outcome, nxt
 
-    async def register_trial_and_reserve(
-        self,
-        trial: m.TrialModel,
-        capacities: Collection[str],
-        max_size: int,
-        worker_name: str | None = None,
-        *,
-        lease: float | None = None,
-        request_id: str | None = None,
-    ) -> tuple[Outcome, Reservation | None]:
-        """`register_trial`, then `reserve` for the same worker (one round trip where possible)."""
-        outcome = await self.register_trial(trial, request_id=request_id)
-        nxt = await self.reserve(
-            capacities, max_size, trial.worker_node_id, worker_name, lease=lease,
-            request_id=request_id,
-        )  # fmt: skip
-        return outcome, nxt
-
     @abc.abstractmethod
-    async def register_trial(
-        self, trial: m.TrialModel, *, request_id: str | None = None
-    ) -> Outcome:
-        """Register a lite_dist2 trial upload (its space and mappings are checked)."""
+    async def study_spec(self, study_id: str) -> StudySpec:
+        """The study's definition (NotFound if there is no such study)."""
 
     @abc.abstractmethod
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
@@ -361,7 +368,7 @@ class Table(abc.ABC):
         """Finished studies first (in completion order), then active ones (registration order)."""
 
     @abc.abstractmethod
-    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse: ...
+    async def progress(self, cutoff_sec: int = 600) -> Progress: ...
 
     @abc.abstractmethod
     def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:

@@ -47,11 +47,14 @@ from ld2.store.base import (
     Failure,
     LeaseAnswer,
     Outcome,
+    Progress,
     Reservation,
     ResultBlock,
+    StudyProgress,
     StudyState,
     Table,
     TrialRef,
+    WorkerSpeed,
 )
 from ld2.store.lite_dist2_import import registry_of, result_blocks
 from ld2.store.wire_client import LeanClient
@@ -144,7 +147,7 @@ class HttpTable(Table):
         data = await self._json("GET", "/status")
         return m.CurriculumSummaryResponse.model_validate(data).summaries
 
-    async def _spec(self, study_id: str) -> StudySpec:
+    async def study_spec(self, study_id: str) -> StudySpec:
         spec = self._specs.get(study_id)
         if spec is None:
             with contextlib.suppress(_NoSuchEndpoint, NotFound):  # ld2's view has the limit
@@ -278,7 +281,7 @@ class HttpTable(Table):
         trial = m.TrialReserveResponse.model_validate_json(resp.content).trial
         if resp.status_code == 202 or trial is None:
             return None
-        spec = await self._spec(trial.study_id)
+        spec = await self.study_spec(trial.study_id)
         start, count = trial_range(spec.space, trial.parameter_space)
         return Reservation(
             study_id=trial.study_id,
@@ -305,7 +308,7 @@ class HttpTable(Table):
     async def register(
         self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
     ) -> Outcome:
-        return await self.register_trial(self._upload(trial, values), request_id=request_id)
+        return await self._post_trial(self._upload(trial, values), request_id=request_id)
 
     async def register_and_reserve(
         self,
@@ -343,9 +346,8 @@ class HttpTable(Table):
             )
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
-    async def register_trial(
-        self, trial: m.TrialModel, *, request_id: str | None = None
-    ) -> Outcome:
+    async def _post_trial(self, trial: m.TrialModel, *, request_id: str | None = None) -> Outcome:
+        """A trial upload in lite_dist2's wire form (``/trial/register``)."""
         body = m.TrialRegisterParam(trial=trial).model_dump(mode="json")
         rid = request_id or _new_id()
         await self._request("POST", "/trial/register", json=body, request_id=rid)
@@ -388,12 +390,31 @@ class HttpTable(Table):
         raise InvalidInput("release_worker", "not available over the API")
 
     # -- reading --------------------------------------
-    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
+    async def progress(self, cutoff_sec: int = 600) -> Progress:
         data = await self._json("GET", "/status/progress", params={"cutoff_sec": cutoff_sec})
-        return m.ProgressSummaryResponse.model_validate(data)
+        wire = m.ProgressSummaryResponse.model_validate(data)
+        return Progress(
+            wire.now,
+            wire.cutoff_sec,
+            [
+                StudyProgress(
+                    study_id=p.study_id,
+                    name=p.study_name,
+                    total=None if p.total_grid == "infinite" else p.total_grid,
+                    done=p.done_grid,
+                    velocity=p.grid_velocity,
+                    eta=None if p.eta == "unpredictable" else p.eta,
+                    workers=[
+                        WorkerSpeed(w.worker_id, w.worker_name, w.grid_velocity)
+                        for w in p.worker_efficiencies
+                    ],
+                )
+                for p in wire.progress_summaries
+            ],
+        )
 
     async def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:
-        spec = await self._spec(study_id)
+        spec = await self.study_spec(study_id)
         params = {"study_id": study_id, "format": "jsonl"}
         run: list[Any] = []
         run_start = prev = -2

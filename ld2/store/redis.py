@@ -37,8 +37,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ld2.core import eta, results
 from ld2.core import models as m
-from ld2.core import results
 from ld2.core.errors import (
     REJECTIONS,
     BackendUnavailable,
@@ -51,7 +51,6 @@ from ld2.core.planning import Permutation, check_max_size
 from ld2.core.snapshot import parse_snapshot
 from ld2.core.strategies import best_of, find_hit, order_key
 from ld2.core.study import StudySpec, parse_study, with_limit
-from ld2.core.subspace import trial_range
 from ld2.store import health, lite_dist2_import
 from ld2.store.base import (
     MAX_TOTAL,
@@ -61,11 +60,14 @@ from ld2.store.base import (
     Failure,
     LeaseAnswer,
     Outcome,
+    Progress,
     Reservation,
     ResultBlock,
+    StudyProgress,
     StudyState,
     Table,
     TrialRef,
+    WorkerSpeed,
     clamp_max_size,
     from_ms,
 )
@@ -463,7 +465,7 @@ class RedisTable(Table):
     async def _release_name(self, name: str, sid: str) -> None:
         await self._call("name", [self._g("names")], ["release", name, sid, ""])
 
-    async def _spec(self, sid: str) -> StudySpec:
+    async def study_spec(self, sid: str) -> StudySpec:
         spec = self._specs.get(sid)
         if spec is None:
             raw, limit_ms = await self.client.hmget(self.study_keys(sid).s, "spec", "limit_ms")
@@ -516,7 +518,7 @@ class RedisTable(Table):
         h = await self.client.hgetall(self.study_keys(sid).s)
         if not h:
             raise NotFound(f"Study not found: study_id={sid}")
-        return self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
+        return self._state(sid, h, await self.study_spec(sid), await self._lease_holders(sid))
 
     async def list_studies(self) -> list[StudyState]:
         sids = await self.index.studies()
@@ -525,7 +527,7 @@ class RedisTable(Table):
                 pipe.hgetall(self.study_keys(sid).s)
             hashes = await pipe.execute()
         states = [
-            self._state(sid, h, await self._spec(sid), await self._lease_holders(sid))
+            self._state(sid, h, await self.study_spec(sid), await self._lease_holders(sid))
             for sid, h in zip(sids, hashes, strict=True)
             if h
         ]
@@ -548,13 +550,13 @@ class RedisTable(Table):
             if spec is not None and spec.name is not None:
                 await self._release_name(spec.name, study_id)
         elif action == "pause":
-            await self.index.park(study_id, (await self._spec(study_id)).capacities)
+            await self.index.park(study_id, (await self.study_spec(study_id)).capacities)
         elif action == "resume":
             await self._reindex(study_id)
         return reply
 
     async def delete(self, study_id: str) -> Deleted:
-        spec = await self._spec(study_id)  # so the name can be freed
+        spec = await self.study_spec(study_id)  # so the name can be freed
         _, status, done, failed = await self._control(study_id, "delete")
         return Deleted(study_id, spec.name, status, int(done or 0), int(failed or 0))
 
@@ -573,14 +575,14 @@ class RedisTable(Table):
             self.study_keys(sid).s, "status", "seq", "priority"
         )
         if status is not None and status != b"done":
-            caps = (await self._spec(sid)).capacities
+            caps = (await self.study_spec(sid)).capacities
             await self.index.add(
                 sid, caps, int(priority or 0), int(seq or 0), workable=status != b"paused"
             )
 
     async def cancel(self, study_id: str) -> None:
         if study_id not in self._specs:
-            await self._spec(study_id)  # so the name can be freed
+            await self.study_spec(study_id)  # so the name can be freed
         await self._control(study_id, "cancel")
 
     async def pause(self, study_id: str) -> None:
@@ -639,7 +641,7 @@ class RedisTable(Table):
                 order = await self._holder_first(order, rid)
             for sid in order:
                 try:
-                    size = clamp_max_size(await self._spec(sid), max_size)
+                    size = clamp_max_size(await self.study_spec(sid), max_size)
                 except NotFound:  # gone meanwhile: the script says so and the index forgets it
                     size = max_size
                 got = await self._reserve_in(sid, size, worker_id, worker_name, lease_ms, rid)
@@ -695,12 +697,12 @@ class RedisTable(Table):
                 attempt=int(attempt),
                 reserved_at=from_ms(int(now)),  # type: ignore[arg-type]
                 deadline=from_ms(int(deadline)),  # type: ignore[arg-type]
-                spec=await self._spec(sid),
+                spec=await self.study_spec(sid),
             )
         if reply[0] == "missing" or (reply[0] == "inactive" and reply[1] == "done"):
             await self.index.finish(sid)
         elif reply[0] == "inactive" and reply[1] == "paused":
-            await self.index.park(sid, (await self._spec(sid)).capacities)
+            await self.index.park(sid, (await self.study_spec(sid)).capacities)
         return None
 
     # -- register -----------------------------------------------
@@ -708,54 +710,9 @@ class RedisTable(Table):
         self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
     ) -> Outcome:
         rid = _request_id(request_id)
-        spec = await self._spec(trial.study_id)
+        spec = await self.study_spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_typed(spec, trial, typed, rid)
-
-    async def _upload(self, trial: m.TrialModel) -> tuple[StudySpec, TrialRef, np.ndarray]:
-        """A lite_dist2 upload checked against its study: the trial and its typed results."""
-        spec = await self._spec(trial.study_id)
-        start, count = trial_range(spec.space, trial.parameter_space, "trial.parameter_space")
-        if trial.results is None:
-            raise InvalidInput("trial.results", "a registered trial needs its results")
-        if trial.result_type != spec.registry.result_type:
-            raise InvalidInput("trial.result_type", f"the study's is {spec.registry.result_type!r}")
-        if trial.result_value_type != spec.value_type:
-            raise InvalidInput("trial.result_value_type", f"the study's is {spec.value_type!r}")
-        try:
-            typed = results.from_mappings(
-                spec.space, start, count, trial.results, spec.value_type, spec.vector
-            )
-        except InvalidInput as err:
-            raise err.under("trial") from None
-        return (
-            spec,
-            TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count),
-            typed,
-        )
-
-    async def register_trial(
-        self, trial: m.TrialModel, *, request_id: str | None = None
-    ) -> Outcome:
-        rid = _request_id(request_id)
-        spec, ref, typed = await self._upload(trial)
-        return await self._register_typed(spec, ref, typed, rid)
-
-    async def register_trial_and_reserve(
-        self,
-        trial: m.TrialModel,
-        capacities: Collection[str],
-        max_size: int,
-        worker_name: str | None = None,
-        *,
-        lease: float | None = None,
-        request_id: str | None = None,
-    ) -> tuple[Outcome, Reservation | None]:
-        rid = _request_id(request_id)
-        spec, ref, typed = await self._upload(trial)
-        return await self._register_and_reserve_typed(
-            spec, ref, typed, capacities, max_size, worker_name, lease, rid
-        )
 
     def _register_args(self, spec: StudySpec, trial: TrialRef, typed: np.ndarray) -> list[Any]:
         hit = -1
@@ -814,7 +771,7 @@ class RedisTable(Table):
         """Register, then lease the next trial of the same study in the same round trip, as
         long as that study is still the first one these capacities should work on."""
         rid = _request_id(request_id)
-        spec = await self._spec(trial.study_id)
+        spec = await self.study_spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_and_reserve_typed(
             spec, trial, typed, capacities, max_size, worker_name, lease, rid
@@ -969,16 +926,14 @@ class RedisTable(Table):
         sec, usec = await self.client.time()
         return from_ms(int(sec) * 1000 + int(usec) // 1000)  # type: ignore[return-value]
 
-    async def progress(self, cutoff_sec: int = 600) -> m.ProgressSummaryResponse:
+    async def progress(self, cutoff_sec: int = 600) -> Progress:
         now = await self.server_time()
-        now_ms = int(now.timestamp() * 1000)
+        since_ms = int(now.timestamp() * 1000) - cutoff_sec * 1000
         out = []
         for state in await self.list_studies():
             if state.status == "done":
                 continue
-            since_ms = now_ms - cutoff_sec * 1000
-            start = state.started_at or state.registered_at
-            window = min(cutoff_sec, max((now_ms - int(start.timestamp() * 1000)) / 1000, 0.0))
+            window = eta.window_seconds(now, state.started_at or state.registered_at, cutoff_sec)
             per_worker: dict[str, list[Any]] = {}
             if cutoff_sec > 0:
                 events = await self.client.xrange(
@@ -988,30 +943,27 @@ class RedisTable(Table):
                     wid = _s(fields[b"w"]) or ""
                     entry = per_worker.setdefault(wid, [_s(fields.get(b"wn")) or None, 0])
                     entry[1] += int(fields[b"n"])
-            effs = [
-                m.WorkerEfficiency(
-                    worker_id=w, worker_name=name, grid_velocity=n / window if window > 0 else 0.0
-                )
-                for w, (name, n) in per_worker.items()
-            ]
-            effs.sort(key=lambda e: -e.grid_velocity)
-            velocity = sum(e.grid_velocity for e in effs)
+            workers = sorted(
+                (
+                    WorkerSpeed(w, name, eta.velocity(n, window))
+                    for w, (name, n) in per_worker.items()
+                ),
+                key=lambda w: -w.velocity,
+            )
+            speed = sum(w.velocity for w in workers)
             remaining = None if state.total is None else state.total - state.done - state.failed
-            eta: datetime | str = "unpredictable"
-            if remaining is not None and velocity > 0:
-                eta = datetime.fromtimestamp(now.timestamp() + remaining / velocity, tz=now.tzinfo)
             out.append(
-                m.StudyProgressSummary(
+                StudyProgress(
                     study_id=state.study_id,
-                    study_name=state.spec.name,
-                    total_grid="infinite" if state.total is None else state.total,
-                    done_grid=state.done,
-                    grid_velocity=velocity,
-                    eta=eta,
-                    worker_efficiencies=effs,
+                    name=state.spec.name,
+                    total=state.total,
+                    done=state.done,
+                    velocity=speed,
+                    eta=eta.eta(now, remaining, speed),
+                    workers=workers,
                 )
             )
-        return m.ProgressSummaryResponse(now=now, cutoff_sec=cutoff_sec, progress_summaries=out)
+        return Progress(now, cutoff_sec, out)
 
     # -- snapshots -----------------------------------------------
     async def export_snapshot(self) -> dict[str, Any]:

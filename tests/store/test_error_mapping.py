@@ -156,7 +156,7 @@ async def test_progress_with_a_huge_cutoff_is_an_answer(table: Any) -> None:
     res = await table.reserve([], 5, "w")
     await table.register(res, np.zeros(5, dtype=np.int64))
     progress = await table.progress(2_000_000_000)
-    assert progress.progress_summaries[0].done_grid == 5
+    assert progress.studies[0].done == 5
 
 
 def test_bad_redis_urls_are_input_errors_not_tracebacks() -> None:

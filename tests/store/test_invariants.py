@@ -12,6 +12,8 @@ from redis.crc import key_slot
 
 from ld2.core import models as m
 from ld2.core.errors import InvalidInput, NotFound, TrialRejected
+from ld2.core.upload import check_upload
+from ld2.store.base import TrialRef
 from ld2.store.redis import RedisTable
 from tests.conftest import make_table, wire_json
 from tests.store.helpers import all_results, int_axis, registry, square
@@ -155,17 +157,17 @@ async def test_wire_registration_checks_space_and_results(table: RedisTable) -> 
         (forged_type, "trial.results[0].result.value_type"),
     ]:
         with pytest.raises(InvalidInput) as err:
-            await table.register_trial(m.TrialModel.model_validate(body))
+            await _register_upload(table, m.TrialModel.model_validate(body))
         assert err.value.field == where
     with pytest.raises(InvalidInput, match="not part of the trial"):
-        await table.register_trial(m.TrialModel.model_validate(forged_space))
+        await _register_upload(table, m.TrialModel.model_validate(forged_space))
     wrong_worker = dict(good, worker_node_id="other")
     with pytest.raises(TrialRejected, match="another worker"):
-        await table.register_trial(m.TrialModel.model_validate(wrong_worker))
+        await _register_upload(table, m.TrialModel.model_validate(wrong_worker))
     with pytest.raises(NotFound):
-        await table.register_trial(m.TrialModel.model_validate(dict(good, study_id="nope")))
+        await _register_upload(table, m.TrialModel.model_validate(dict(good, study_id="nope")))
     assert await _keys(table) == before
-    assert await table.register_trial(m.TrialModel.model_validate(good)) == "ok"
+    assert await _register_upload(table, m.TrialModel.model_validate(good)) == "ok"
     assert (await table.get_study(sid)).done == 10
 
 
@@ -274,3 +276,10 @@ async def test_lite_dist2_curriculum_import(table: RedisTable) -> None:
     assert gpu.status == "wait" and gpu.spec.capacities == {"gpu"}
     with pytest.raises(InvalidInput, match="already registered"):
         await table.import_snapshot(data)
+
+
+async def _register_upload(table: Any, trial: m.TrialModel) -> str:
+    """What the API does with a lite_dist2 upload: check it against its study, register it."""
+    start, count, typed = check_upload(await table.study_spec(trial.study_id), trial)
+    ref = TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count)
+    return str(await table.register(ref, typed))

@@ -208,15 +208,15 @@ async def test_results_stream_while_running_and_progress(
         assert flats == list(range(10, 40))  # partial results, grid order
         await asyncio.sleep(0.05)
         prog = await table.progress(60)
-        (p,) = prog.progress_summaries
-        assert p.study_name == "prog" and p.done_grid == 30 and p.total_grid == 100
-        assert [e.worker_name for e in p.worker_efficiencies] == ["bob"]
+        (p,) = prog.studies
+        assert p.name == "prog" and p.done == 30 and p.total == 100
+        assert [e.worker_name for e in p.workers] == ["bob"]
         # the window is the study's real age (well under 60 s), not the cutoff
-        assert p.grid_velocity > 30 / 60 * 5
-        assert p.eta != "unpredictable"
+        assert p.velocity > 30 / 60 * 5
+        assert p.eta is not None
         await table.register(a, square(a))
         empty = await table.progress(0)
-        assert empty.progress_summaries[0].eta == "unpredictable"
+        assert empty.studies[0].eta is None
 
 
 async def test_list_studies_order_and_summary(table: RedisTable) -> None:
