@@ -29,6 +29,7 @@ import numpy as np
 
 from ld2.core import models as m
 from ld2.core import results
+from ld2.core.curriculum import registry_of, result_blocks
 from ld2.core.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -56,7 +57,6 @@ from ld2.store.base import (
     TrialRef,
     WorkerSpeed,
 )
-from ld2.store.lite_dist2_import import registry_of, result_blocks
 from ld2.store.wire_client import LeanClient
 
 

@@ -8,7 +8,6 @@ global index of active studies is only a hint for finding work: a study's own ha
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import functools
@@ -48,10 +47,9 @@ from ld2.core.errors import (
     TrialRejected,
 )
 from ld2.core.planning import Permutation, check_max_size
-from ld2.core.snapshot import parse_snapshot
 from ld2.core.strategies import best_of, find_hit, order_key
 from ld2.core.study import StudySpec, parse_study, with_limit
-from ld2.store import health, lite_dist2_import
+from ld2.store import health, snapshots
 from ld2.store.base import (
     MAX_TOTAL,
     Backlog,
@@ -390,8 +388,8 @@ class RedisTable(Table):
             )
         if not -1000 <= priority <= 1000:
             raise InvalidInput("priority", "must be between -1000 and 1000")
-        sid, seq = await self._new_study_id(spec)
-        fields = self._study_fields(spec, sid, seq, priority)
+        sid, seq = await self.new_study_id(spec)
+        fields = self.study_fields(spec, sid, seq, priority)
         if trial_limit is not None:
             fields["limit_ms"] = str(int(trial_limit * 1000))
         flat_args = [x for kv in fields.items() for x in kv]
@@ -406,14 +404,14 @@ class RedisTable(Table):
         self._specs[sid] = spec
         return sid
 
-    async def _new_study_id(self, spec: StudySpec) -> tuple[str, int]:
+    async def new_study_id(self, spec: StudySpec) -> tuple[str, int]:
         """A fresh study id (its name claimed) and its registration sequence number."""
         sid = str(uuid.uuid4())
         if spec.name is not None:
-            await self._claim_name(spec.name, sid)
+            await self.claim_name(spec.name, sid)
         return sid, int(await self.client.incr(self._g("seq")))
 
-    def _study_fields(self, spec: StudySpec, sid: str, seq: int, priority: int) -> dict[str, str]:
+    def study_fields(self, spec: StudySpec, sid: str, seq: int, priority: int) -> dict[str, str]:
         """The study hash of a newly registered study (see docs/store.md)."""
         space = spec.space
         seed = uuid.UUID(sid).int & 0xFFFFFFFF
@@ -442,7 +440,7 @@ class RedisTable(Table):
             "seq": str(seq),
         }
 
-    async def _claim_name(self, name: str, sid: str) -> None:
+    async def claim_name(self, name: str, sid: str) -> None:
         """Claim `name` for `sid`, atomically: of any number of concurrent registrations of
         one name exactly one gets it. A claim whose study was never created is taken over
         once it is `STALE_CLAIM_MS` old (its registration died half-way)."""
@@ -965,118 +963,17 @@ class RedisTable(Table):
             )
         return Progress(now, cutoff_sec, out)
 
-    # -- snapshots -----------------------------------------------
+    # -- snapshots (see ld2/store/snapshots.py) ------------------------------------------------
     async def export_snapshot(self) -> dict[str, Any]:
-        """Every study as it is at one instant (each study's keys read in one MULTI, so a
-        reserve or register cannot fall between them). Leased trials become waiting ranges;
-        an expired lease (state X) is already in `back` or `failed` and is not added again."""
-        studies = []
-        for sid in await self.index.studies():
-            keys = self.study_keys(sid)
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(keys.s)
-                pipe.hgetall(keys.trials)
-                pipe.zrange(keys.back, 0, -1)
-                pipe.zrange(keys.failed, 0, -1)
-                pipe.zrange(keys.best, 0, -1)
-                pipe.zrange(keys.done, 0, -1, withscores=True)
-                pipe.hgetall(keys.res)
-                h, trials, back_members, failed, best, done, payloads = await pipe.execute()
-            if not h:
-                continue
-            back = [[int(x) for x in (_s(mm) or "").split(":")[:3]] for mm in back_members]
-            for rec in trials.values():
-                start, count, attempt, _reserved, state, *_ = rec.decode().split("\t")
-                if state == "L":
-                    back.append([int(start), int(count), int(attempt)])
-            blocks = [
-                [_s(tid), int(score), base64.b64encode(payloads[tid]).decode()]
-                for tid, score in done
-                if tid in payloads
-            ]
-            studies.append(
-                {
-                    "hash": {k.decode(): v.decode() for k, v in h.items()},
-                    "back": back,
-                    "failed": [_s(x) for x in failed],
-                    "best": [_s(x) for x in best],
-                    "results": blocks,
-                }
-            )
-        return {"format": "ld2-snapshot", "version": 1, "studies": studies}
+        return await snapshots.export_snapshot(self)
 
     async def import_snapshot(self, data: dict[str, Any]) -> list[str]:
-        if data.get("format") != "ld2-snapshot":
-            if "studies" in data and "storages" in data:
-                return await lite_dist2_import.import_curriculum(self, data)
-            raise InvalidInput(
-                "snapshot", "neither an ld2 snapshot nor a lite_dist2 curriculum.json"
-            )
-        out = []
-        for study, spec, payloads in parse_snapshot(data):  # all checked before any write
-            h = dict(study.hash)
-            sid = h["id"]
-            keys = self.study_keys(sid)
-            if await self.client.exists(keys.s):
-                continue
-            if spec.name is not None:
-                await self._claim_name(spec.name, sid)
-            back = set(study.back)
-            h["reserved"] = "0"
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.s, mapping=h)
-                for start, count, attempts in sorted(back):
-                    pipe.zadd(keys.back, {f"{start}:{count}:{attempts}:-": start})
-                for member in study.failed:
-                    pipe.zadd(keys.failed, {member: int(member.split(":")[0])})
-                for member in study.best:
-                    pipe.zadd(keys.best, {member: 0})
-                for (tid, start, _), payload in zip(study.results, payloads, strict=True):
-                    pipe.hset(keys.res, tid, payload)
-                    pipe.zadd(keys.done, {tid: start})
-                await pipe.execute()
-            await self._index_study(sid, spec, h)
-            out.append(sid)
-        return out
+        return await snapshots.import_snapshot(self, data)
 
-    async def _index_study(self, sid: str, spec: StudySpec, h: dict[str, str]) -> None:
+    async def index_study(self, sid: str, spec: StudySpec, h: dict[str, str]) -> None:
         seq, priority = int(h.get("seq", "0")), int(h.get("priority", "0"))
         if h["status"] == "done":
             await self.index.add_done(sid, seq)
         else:
             workable = h["status"] != "paused"
             await self.index.add(sid, spec.capacities, priority, seq, workable=workable)
-
-    async def _store_done_study(
-        self,
-        spec: StudySpec,
-        blocks: list[tuple[int, np.ndarray]],
-        registered_ms: int,
-        finished_ms: int,
-        hit_flat: int | None,
-    ) -> str:
-        """A finished study with its results, as imported from lite_dist2 (no script: it is new)."""
-        sid, seq = await self._new_study_id(spec)
-        keys = self.study_keys(sid)
-        h = self._study_fields(spec, sid, seq, 0) | {
-            "status": "done",
-            "done": str(sum(len(v) for _, v in blocks)),
-            "tseq": str(len(blocks)),
-            "registered_ms": str(registered_ms),
-            "started_ms": str(registered_ms),
-            "finished_ms": str(finished_ms),
-        }
-        if hit_flat is not None:
-            h["hit_flat"] = str(hit_flat)
-        if spec.vector and blocks:
-            h["vlen"] = str(blocks[0][1].shape[1])
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.s, mapping=h)
-            for n, (start, values) in enumerate(blocks):
-                tid = f"{sid}-{n:#x}"
-                pipe.hset(keys.res, tid, results.pack(values))
-                pipe.zadd(keys.done, {tid: start})
-            await pipe.execute()
-        await self._index_study(sid, spec, h)
-        self._specs[sid] = spec
-        return sid

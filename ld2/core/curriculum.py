@@ -1,4 +1,4 @@
-"""Migrating from lite_dist2: load its ``curriculum.json`` into an ld2 table.
+"""lite_dist2's ``curriculum.json`` read as ld2 studies: pure, no I/O (the store writes them).
 
 Finished studies ("storages") come with their results, which are mapped back to flat indices
 (rows repeated by lite_dist2's trial-id collisions count once). Active studies are registered
@@ -7,7 +7,8 @@ afresh: lite_dist2 keeps their partial results in trial files, not in the curric
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -17,9 +18,6 @@ from ld2.core import portable, results
 from ld2.core.errors import InvalidInput
 from ld2.core.space import Space
 from ld2.core.study import StudySpec, parse_study
-
-if TYPE_CHECKING:
-    from ld2.store.redis import RedisTable
 
 
 def registry_of(study: m.StudyCommon, space: m.ParameterAlignedSpaceModel) -> m.StudyRegistry:
@@ -62,7 +60,19 @@ def result_blocks(spec: StudySpec, storage: m.MappingsStorage) -> list[tuple[int
     return blocks
 
 
-async def import_curriculum(table: RedisTable, data: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A study computed elsewhere, with its results in flat-order blocks."""
+
+    spec: StudySpec
+    blocks: list[tuple[int, np.ndarray]]
+    registered_ms: int
+    finished_ms: int
+    hit_flat: int | None  # find_exact's answer, if found
+
+
+def parse_curriculum(data: dict[str, Any]) -> tuple[list[FinishedStudy], list[StudySpec]]:
+    """Finished studies and those still to compute, all checked before anything is written."""
     try:
         storages = [m.StudyStorage.model_validate(s) for s in data.get("storages") or []]
         actives = [
@@ -75,23 +85,13 @@ async def import_curriculum(table: RedisTable, data: dict[str, Any]) -> list[str
     except (ValidationError, KeyError, TypeError, AttributeError) as err:
         detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else repr(err)
         raise InvalidInput("curriculum", f"not a lite_dist2 curriculum.json: {detail}") from None
-    prepared = []
+    finished = []
     for st in storages:
         spec = parse_study(registry_of(st, st.parameter_space))
-        prepared.append((spec, result_blocks(spec, st.results), st))
-    fresh = [parse_study(registry_of(common, space)) for common, space in actives]
-    for spec in [p[0] for p in prepared] + fresh:  # check every name before writing anything
-        if spec.name is not None:
-            try:
-                await table.get_study(name=spec.name)
-            except LookupError:
-                continue
-            raise InvalidInput("study.name", f"the name {spec.name!r} is already registered")
-    out = []
-    for spec, blocks, st in prepared:
+        blocks = result_blocks(spec, st.results)
         hit = blocks[0][0] if spec.strategy == "find_exact" and blocks else None
-        out.append(
-            await table._store_done_study(
+        finished.append(
+            FinishedStudy(
                 spec,
                 blocks,
                 int(st.registered_timestamp.timestamp() * 1000),
@@ -99,6 +99,5 @@ async def import_curriculum(table: RedisTable, data: dict[str, Any]) -> list[str
                 hit,
             )
         )
-    for spec in fresh:
-        out.append(await table.register_study(spec.registry))
-    return out
+    fresh = [parse_study(registry_of(common, space)) for common, space in actives]
+    return finished, fresh
