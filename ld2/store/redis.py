@@ -71,6 +71,7 @@ from ld2.store.base import (
 )
 from ld2.store.index import StudyIndex
 from ld2.store.keys import StudyKeys, global_key, lua_prelude, reply_key
+from ld2.store.replies import Lease, Reply, Word
 from ld2.store.urls import redacted
 
 T = TypeVar("T")
@@ -394,7 +395,8 @@ class RedisTable(Table):
             fields["limit_ms"] = str(int(trial_limit * 1000))
         flat_args = [x for kv in fields.items() for x in kv]
         try:
-            await self._study_call("create", sid, flat_args)
+            if _s(await self._study_call("create", sid, flat_args)) == Word.EXISTS:
+                raise RuntimeError(f"study id {sid} exists already (a UUID collision)")
         except BaseException:
             if spec.name is not None:  # best effort; a claim left behind goes stale
                 with contextlib.suppress(*TRANSIENT):
@@ -445,10 +447,10 @@ class RedisTable(Table):
         one name exactly one gets it. A claim whose study was never created is taken over
         once it is `STALE_CLAIM_MS` old (its registration died half-way)."""
         names = [self._g("names")]
-        reply = [_s(x) or "" for x in await self._call("name", names, ["claim", name, sid, ""])]
-        if reply[0] == "ok":
+        reply = Reply.of(await self._call("name", names, ["claim", name, sid, ""]))
+        if reply.word is Word.OK:
             return
-        seen, now = reply[1], int(reply[2])
+        seen, now = reply.fields[0], int(reply.fields[1])
         holder, _, claimed = seen.partition("|")
         taken = NameTaken("study.name", f"the name {name!r} is already registered")
         if await self.client.exists(self.study_keys(holder).s):
@@ -456,8 +458,7 @@ class RedisTable(Table):
         if claimed and now - int(claimed) < STALE_CLAIM_MS:
             raise taken  # being registered right now
         args = ["takeover", name, sid, seen]
-        reply = [_s(x) or "" for x in await self._call("name", names, args)]
-        if reply[0] != "ok":
+        if Reply.of(await self._call("name", names, args)).word is not Word.OK:
             raise taken
 
     async def _release_name(self, name: str, sid: str) -> None:
@@ -535,13 +536,12 @@ class RedisTable(Table):
         )
         return finished + [s for s in states if s.status != "done"]
 
-    async def _control(self, study_id: str, action: str) -> list[str]:
-        reply = [_s(x) or "" for x in await self._study_call("control", study_id, [action])]
-        outcome, status = reply[:2]
-        if outcome == "missing":
+    async def _control(self, study_id: str, action: str) -> Reply:
+        reply = Reply.of(await self._study_call("control", study_id, [action]))
+        if reply.word is Word.MISSING:
             raise NotFound(f"Study not found: study_id={study_id}")
-        if outcome == "inactive":
-            raise NotFound(f"Study {study_id} is {status}, not active")
+        if reply.word is Word.INACTIVE:
+            raise NotFound(f"Study {study_id} is {reply.status}, not active")
         if action in ("cancel", "delete"):
             spec = self._specs.pop(study_id, None)
             await self.index.finish(study_id, forget=True)
@@ -555,13 +555,13 @@ class RedisTable(Table):
 
     async def delete(self, study_id: str) -> Deleted:
         spec = await self.study_spec(study_id)  # so the name can be freed
-        _, status, done, failed = await self._control(study_id, "delete")
+        status, done, failed = (await self._control(study_id, "delete")).fields[:3]
         return Deleted(study_id, spec.name, status, int(done or 0), int(failed or 0))
 
     async def retry_failures(self, study_id: str) -> int:
-        reply = [_s(x) or "" for x in await self._study_call("retry", study_id, [])]
-        outcome, points, status = reply
-        if outcome == "missing":
+        reply = Reply.of(await self._study_call("retry", study_id, []))
+        points, status = reply.fields[:2]
+        if reply.word is Word.MISSING:
             raise NotFound(f"Study not found: study_id={study_id}")
         if int(points) and status != "done":
             await self._reindex(study_id)
@@ -676,30 +676,30 @@ class RedisTable(Table):
         request_id: str | None = None,
     ) -> Reservation | None:
         args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers, lease_ms]
-        reply = await self._study_call("reserve", sid, args, request_id)
-        return await self._reservation(sid, [_s(x) or "" for x in reply], worker_id, worker_name)
+        reply = Reply.of(await self._study_call("reserve", sid, args, request_id))
+        return await self._reservation(sid, reply, worker_id, worker_name)
 
     async def _reservation(
-        self, sid: str, reply: list[str], worker_id: str, worker_name: str | None
+        self, sid: str, reply: Reply, worker_id: str, worker_name: str | None
     ) -> Reservation | None:
         """A reserve script's reply as a Reservation; None (and index upkeep) if no trial."""
-        if reply[0] == "ok":
-            _, tid, start, count, attempt, now, deadline, _status = reply[:8]
+        if reply.word is Word.OK:
+            lease = Lease.of(reply)
             return Reservation(
                 study_id=sid,
-                trial_id=tid,
+                trial_id=lease.trial_id,
                 worker_id=worker_id,
-                start=int(start),
-                count=int(count),
+                start=lease.start,
+                count=lease.count,
                 worker_name=worker_name,
-                attempt=int(attempt),
-                reserved_at=from_ms(int(now)),  # type: ignore[arg-type]
-                deadline=from_ms(int(deadline)),  # type: ignore[arg-type]
+                attempt=lease.attempt,
+                reserved_at=from_ms(lease.now_ms),  # type: ignore[arg-type]
+                deadline=from_ms(lease.deadline_ms),  # type: ignore[arg-type]
                 spec=await self.study_spec(sid),
             )
-        if reply[0] == "missing" or (reply[0] == "inactive" and reply[1] == "done"):
+        if reply.study_gone:
             await self.index.finish(sid)
-        elif reply[0] == "inactive" and reply[1] == "paused":
+        elif reply.word is Word.INACTIVE and reply.status == "paused":
             await self.index.park(sid, (await self.study_spec(sid)).capacities)
         return None
 
@@ -737,23 +737,25 @@ class RedisTable(Table):
             vlen,
         ]
 
-    async def _outcome(self, trial: TrialRef, outcome: str, status: str) -> Outcome:
-        if outcome in ("ok", "ignored"):
-            if status == "done":
+    async def _outcome(self, trial: TrialRef, reply: Reply) -> Outcome:
+        """A register reply as the caller's outcome: stored, ignored, or an exception."""
+        if reply.word in (Word.OK, Word.IGNORED):
+            if reply.status == "done":
                 await self.index.finish(trial.study_id)
-            return "ignored" if outcome == "ignored" else "ok"
-        if outcome in ("missing", "inactive"):
+            return "ignored" if reply.word is Word.IGNORED else "ok"
+        if reply.word in (Word.MISSING, Word.INACTIVE):
             raise NotFound(f"Study not found: study_id={trial.study_id}")
-        raise TrialRejected(outcome, REJECTIONS.get(outcome, outcome))
+        if reply.word.rejects:
+            raise TrialRejected(reply.word.value, REJECTIONS[reply.word.value])
+        raise RuntimeError(f"register answered {reply}")
 
     async def _register_typed(
         self, spec: StudySpec, trial: TrialRef, typed: np.ndarray, request_id: str | None = None
     ) -> Outcome:
         sid = trial.study_id
         args = self._register_args(spec, trial, typed)
-        reply = await self._study_call("register", sid, args, request_id)
-        outcome, status = (_s(x) or "" for x in reply)
-        return await self._outcome(trial, outcome, status)
+        reply = Reply.of(await self._study_call("register", sid, args, request_id))
+        return await self._outcome(trial, reply)
 
     async def register_and_reserve(
         self,
@@ -809,9 +811,9 @@ class RedisTable(Table):
             _lease_ms(lease),
         ]
         sid = trial.study_id
-        reply = [_s(x) or "" for x in await self._study_call("cycle", sid, args, request_id)]
-        outcome = await self._outcome(trial, reply[0], reply[1])
-        nxt = await self._reservation(sid, reply[2:], trial.worker_id, worker_name)
+        raw = await self._study_call("cycle", sid, args, request_id)
+        outcome = await self._outcome(trial, Reply.of(raw[:2]))
+        nxt = await self._reservation(sid, Reply.of(raw[2:]), trial.worker_id, worker_name)
         if nxt is None:
             nxt = await self.reserve(
                 capacities, max_size, trial.worker_id, worker_name, lease=lease,
@@ -822,8 +824,8 @@ class RedisTable(Table):
     # -- leases -----------------------------------------------
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:
         sid = study_id_of(trial_id)
-        answer = _s(await self._study_call("heartbeat", sid, [trial_id, _clean(worker_id)]))
-        return "ok" if answer == "ok" else "stop"
+        reply = Reply.of(await self._study_call("heartbeat", sid, [trial_id, _clean(worker_id)]))
+        return "ok" if reply.word is Word.OK else "stop"
 
     async def fail(
         self,
@@ -839,12 +841,12 @@ class RedisTable(Table):
         rid = _request_id(request_id)
         sid = study_id_of(trial_id)
         args: list[Any] = [trial_id, _clean(worker_id), _clean(error)[:500], mode]
-        outcome, status = (_s(x) or "" for x in await self._study_call("fail", sid, args, rid))
-        if outcome == "missing":
+        reply = Reply.of(await self._study_call("fail", sid, args, rid))
+        if reply.word is Word.MISSING:
             raise NotFound(f"Study not found: study_id={sid}")
-        if outcome in ("unknown", "wrong_worker"):
-            raise TrialRejected(outcome, REJECTIONS[outcome])
-        if status == "done":
+        if reply.word.rejects:
+            raise TrialRejected(reply.word.value, REJECTIONS[reply.word.value])
+        if reply.status == "done":
             await self.index.finish(sid)
 
     async def reap(self) -> int:
