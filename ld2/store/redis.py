@@ -1,8 +1,11 @@
-"""`RedisTable`: the table in Redis. The only module that knows key names and scripts.
+"""`RedisTable`: the table in Redis, as Lua script calls. Nothing outside ``ld2.store`` knows a
+key: names live in `keys`, the work index in `index`, snapshots in `snapshots`, the mapping of
+Redis errors in `errors`.
 
 Every state change is one Lua script call on one study's keys (hash tag ``{study_id}``), with
-the clock read from Redis ``TIME``; so it is atomic and runs unchanged on Redis Cluster. The
-global index of active studies is only a hint for finding work: a study's own hash is the truth.
+the clock read from Redis ``TIME``; so it is atomic and runs unchanged on Redis Cluster, which
+`from_url` recognises from a plain URL of any node. The global index of studies is only a hint
+for finding work: a study's own hash is the truth.
 """
 
 from __future__ import annotations
@@ -10,37 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
-    BusyLoadingError,
-    ClusterError,
-    OutOfMemoryError,
-    ReadOnlyError,
     RedisClusterException,
     ResponseError,
-    SlotNotCoveredError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ld2.core import eta, results
 from ld2.core import models as m
 from ld2.core.errors import (
     REJECTIONS,
-    BackendUnavailable,
     InvalidInput,
     NameTaken,
     NotFound,
@@ -69,12 +61,10 @@ from ld2.store.base import (
     clamp_max_size,
     from_ms,
 )
+from ld2.store.errors import TRANSIENT, cluster_trouble, mapped
 from ld2.store.index import StudyIndex
 from ld2.store.keys import StudyKeys, global_key, lua_prelude, reply_key
 from ld2.store.replies import Lease, Reply, Word
-from ld2.store.urls import redacted
-
-T = TypeVar("T")
 
 _SCRIPTS = (
     "heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name", "live",
@@ -126,90 +116,6 @@ def _clean(text: str | None) -> str:
     return text
 
 
-TRANSIENT = (
-    RedisConnectionError, RedisTimeoutError, OSError, BusyLoadingError, ReadOnlyError,
-    OutOfMemoryError, ClusterError, TryAgainError, SlotNotCoveredError,
-)  # fmt: skip
-"""Redis errors that say "not now" rather than "no": every caller retries them (a cluster with
-a master down says CLUSTERDOWN, TRYAGAIN or "slot not covered" until it is back)."""
-
-_CLUSTER_TRANSIENT = ("Redis Cluster cannot be connected", "All slots are not covered")
-
-
-def cluster_trouble(err: RedisClusterException, url: str) -> Exception:
-    """redis-py's cluster client says both "unreachable now" and "this cannot work" (a db
-    number, a node that is not in cluster mode) with one exception type: tell them apart."""
-    text = str(err)
-    if isinstance(err, SlotNotCoveredError) or (
-        text.startswith(_CLUSTER_TRANSIENT) and "Cluster mode is not enabled" not in text
-    ):
-        return BackendUnavailable(f"the Redis Cluster at {redacted(url)} is not whole: {err}")
-    return InvalidInput("--redis", f"{redacted(url)}: {err}")
-
-
-def unavailable(err: BaseException, url: str) -> BackendUnavailable:
-    """The one mapping of a Redis error to what ld2's callers handle (and retry)."""
-    where = f"Redis at {redacted(url) if url else 'the given client'}"
-    if isinstance(err, OutOfMemoryError):
-        return BackendUnavailable(
-            f"{where} is full (maxmemory reached; ld2 needs maxmemory-policy noeviction, so "
-            "writes wait until memory is freed or raised): {err}"
-        )
-    if isinstance(err, BusyLoadingError):
-        return BackendUnavailable(f"{where} is loading its data after a restart: {err}")
-    if isinstance(err, ReadOnlyError):
-        return BackendUnavailable(f"{where} is a read-only replica (failover in progress?): {err}")
-    return BackendUnavailable(f"cannot reach {where}: {err}")
-
-
-def _mapped(cls: type[T]) -> type[T]:
-    """Route every Redis error of every public call (coroutines and result streams) through
-    `unavailable`, so no redis-py exception ever escapes the store."""
-    for name, fn in list(vars(cls).items()):
-        if name.startswith("__") or name == "_connect" or not callable(fn):
-            continue
-        if inspect.iscoroutinefunction(fn):
-            setattr(cls, name, _map_coroutine(fn))
-        elif inspect.isasyncgenfunction(fn):
-            setattr(cls, name, _map_stream(fn))
-    return cls
-
-
-def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(fn)
-    async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if self._cluster is None:
-                await self._connect()
-            return await fn(self, *args, **kwargs)
-        except BackendUnavailable:
-            raise  # already said (it is an OSError too: never wrap it twice)
-        except TRANSIENT as err:
-            raise unavailable(err, self.url) from err
-        except RedisClusterException as err:
-            raise cluster_trouble(err, self.url) from err
-
-    return call
-
-
-def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    @functools.wraps(fn)
-    async def stream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        try:
-            if self._cluster is None:
-                await self._connect()
-            async for item in fn(self, *args, **kwargs):
-                yield item
-        except BackendUnavailable:
-            raise
-        except TRANSIENT as err:
-            raise unavailable(err, self.url) from err
-        except RedisClusterException as err:
-            raise cluster_trouble(err, self.url) from err
-
-    return stream
-
-
 def _stored_spec(raw: bytes, limit_ms: bytes | None) -> StudySpec:
     spec = parse_study(m.StudyRegistry.model_validate_json(raw))
     return spec if limit_ms is None else dataclasses.replace(spec, trial_limit=int(limit_ms) / 1000)
@@ -241,7 +147,7 @@ def study_id_of(trial_id: str) -> str:
     return sid
 
 
-@_mapped
+@mapped
 class RedisTable(Table):
     """The table over a redis-py asyncio client.
 

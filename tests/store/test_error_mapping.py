@@ -16,7 +16,8 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError
 
 from ld2.core.errors import BackendUnavailable
 from ld2.store.base import TrialRef
-from ld2.store.redis import RedisTable, unavailable
+from ld2.store.errors import unavailable
+from ld2.store.redis import RedisTable
 from tests.conftest import _free_port
 from tests.store.helpers import int_axis, registry
 
