@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -124,6 +125,17 @@ class BacklogModel(BaseModel):
     points_in_flight: int
     active_studies: int
     workers_seen: int
+
+
+class LandedBlock(BaseModel):
+    start: int  # the flat index of the first value
+    values: list[Any]
+
+
+class LandedModel(BaseModel):
+    cursor: str
+    reset: bool
+    blocks: list[LandedBlock]
 
 
 LeaseSeconds = Annotated[float | None, Field(None, gt=0, le=86_400)]
@@ -431,6 +443,19 @@ def create_app(
         state = await _find(T(), study_id, name)
         return _results_response(T(), state, format)
 
+    @app.get("/study/landed", response_model=LandedModel, tags=["ld2"])
+    async def landed(
+        study_id: str | None = None, name: str | None = None, after: str | None = None
+    ) -> LandedModel:
+        """Results registered since `after` (the `cursor` of an earlier answer), in the order
+        they landed — for live views. ``reset``: the blocks are every result so far (a first
+        call, or a cursor older than the study's last ~10,000 registrations). Non-finite
+        floats are the strings "nan", "inf", "-inf"."""
+        state = await _find(T(), study_id, name)
+        got = await T().results_since(state.study_id, after)
+        blocks = [LandedBlock(start=b.start, values=_json_values(b.values)) for b in got.blocks]
+        return LandedModel(cursor=got.cursor, reset=got.reset, blocks=blocks)
+
     @app.get("/backlog", response_model=BacklogModel, tags=["ld2"])
     async def backlog() -> BacklogModel:
         """Work waiting across active studies, for autoscalers."""
@@ -554,6 +579,17 @@ def _progress_wire(progress: Progress) -> m.ProgressSummaryResponse:
             for p in progress.studies
         ],
     )
+
+
+def _json_values(values: np.ndarray) -> list[Any]:
+    """An array as JSON values (non-finite floats as strings, as the jsonl results)."""
+    if values.dtype.kind != "f":
+        return values.tolist()  # type: ignore[no-any-return]
+
+    def one(v: float) -> float | str:
+        return v if math.isfinite(v) else ("nan" if v != v else "inf" if v > 0 else "-inf")
+
+    return [[one(v) for v in row] if isinstance(row, list) else one(row) for row in values.tolist()]
 
 
 async def _uploaded(table: Table, trial: m.TrialModel) -> tuple[TrialRef, np.ndarray]:

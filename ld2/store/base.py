@@ -159,6 +159,15 @@ class ResultBlock:
 
 
 @dataclass(frozen=True)
+class Landed:
+    """Results registered since a cursor (`Table.results_since`), for live views."""
+
+    cursor: str  # pass it back as `after` to get what lands next
+    reset: bool  # `blocks` is every result so far: a first call, or `after` is too old
+    blocks: list[ResultBlock]
+
+
+@dataclass(frozen=True)
 class Failure:
     """A quarantined range: it failed `attempts` times; `error` is the last reason."""
 
@@ -373,6 +382,12 @@ class Table(abc.ABC):
     @abc.abstractmethod
     def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:
         """Registered results in grid order, block by block (also while the study runs)."""
+
+    @abc.abstractmethod
+    async def results_since(self, study_id: str, after: str | None = None) -> Landed:
+        """The result blocks registered after `after` (a cursor from an earlier call), in the
+        order they landed; all results (``reset``) on a first call or when `after` is older
+        than what the study remembers (its last ~10,000 registrations)."""
 
     @abc.abstractmethod
     async def failures(self, study_id: str) -> list[Failure]: ...

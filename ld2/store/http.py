@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import re
 import uuid
@@ -46,6 +47,7 @@ from ld2.store.base import (
     Deleted,
     FailMode,
     Failure,
+    Landed,
     LeaseAnswer,
     Outcome,
     Progress,
@@ -412,6 +414,32 @@ class HttpTable(Table):
                 for p in wire.progress_summaries
             ],
         )
+
+    async def results_since(self, study_id: str, after: str | None = None) -> Landed:
+        spec = await self.study_spec(study_id)
+        params = {"study_id": study_id} | ({} if after is None else {"after": after})
+        data = await self._json("GET", "/study/landed", params=params)
+        words = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+        def value(v: Any) -> Any:
+            return words.get(v, v) if isinstance(v, str) else v
+
+        blocks = [
+            ResultBlock(
+                b["start"],
+                results.coerce(
+                    [
+                        [value(x) for x in v] if isinstance(v, list) else value(v)
+                        for v in b["values"]
+                    ],
+                    spec.value_type,
+                    spec.vector,
+                    len(b["values"]),
+                ),
+            )
+            for b in data["blocks"]
+        ]
+        return Landed(data["cursor"], data["reset"], blocks)
 
     async def iter_results(self, study_id: str) -> AsyncIterator[ResultBlock]:
         spec = await self.study_spec(study_id)

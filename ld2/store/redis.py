@@ -48,6 +48,7 @@ from ld2.store.base import (
     Deleted,
     FailMode,
     Failure,
+    Landed,
     LeaseAnswer,
     Outcome,
     Progress,
@@ -137,6 +138,15 @@ def _request_id(request_id: str | None) -> str | None:
     ):
         raise InvalidInput("request_id", "must be 1 to 128 visible ASCII characters")
     return request_id
+
+
+def _cursor(text: str) -> tuple[str, int]:
+    """A `results_since` cursor (``<ms>-<seq>/<n>``) checked before Redis sees it."""
+    sid, _, seen = text.partition("/")
+    ms, _, seq = sid.partition("-")
+    if not (ms.isdigit() and seq.isdigit() and seen.isdigit()):
+        raise InvalidInput("after", f"not a cursor from an earlier call: {text!r}")
+    return sid, int(seen)
 
 
 def study_id_of(trial_id: str) -> str:
@@ -794,6 +804,45 @@ class RedisTable(Table):
                 if payload is not None:
                     yield ResultBlock(int(score), results.unpack(payload))
             low = f"({int(rows[-1][1])}"
+
+    async def results_since(
+        self, study_id: str, after: str | None = None, limit: int = 4096
+    ) -> Landed:
+        """A cursor is ``<stream id>/<n>``: the last registration delivered and its ordinal in
+        the study's events stream. The stream keeps its last ~10,000 entries; when more than
+        `n` were trimmed, some were never delivered, and everything is sent again (reset)."""
+        keys = self.study_keys(study_id)
+        if after is not None:
+            after_id, seen = _cursor(after)
+            added, length = await self._stream_counts(keys.events)
+            if added - length <= seen:
+                entries = await self.client.xrange(keys.events, min=f"({after_id}", count=limit)
+                if all(b"t" in fields for _, fields in entries):  # else: written by older ld2
+                    if not entries and not await self.client.exists(keys.s):
+                        raise NotFound(f"Study not found: study_id={study_id}")
+                    tids = [fields[b"t"] for _, fields in entries]
+                    payloads = await self.client.hmget(keys.res, tids) if tids else []
+                    blocks = [
+                        ResultBlock(int(fields[b"s"]), results.unpack(payload))
+                        for (_, fields), payload in zip(entries, payloads, strict=True)
+                        if payload is not None
+                    ]
+                    last = _s(entries[-1][0]) if entries else after_id
+                    return Landed(f"{last}/{seen + len(entries)}", False, blocks)
+        if await self.client.exists(keys.events):  # the position first: no gap after it
+            info = await self.client.xinfo_stream(keys.events)
+            cursor = f"{_s(info['last-generated-id'])}/{int(info['entries-added'])}"
+        else:
+            cursor = "0-0/0"
+        blocks = [block async for block in self.iter_results(study_id)]
+        return Landed(cursor, True, blocks)
+
+    async def _stream_counts(self, key: str) -> tuple[int, int]:
+        """(entries ever added, entries kept) of a stream; (0, 0) if there is none yet."""
+        if not await self.client.exists(key):
+            return 0, 0
+        info = await self.client.xinfo_stream(key)
+        return int(info["entries-added"]), int(info["length"])
 
     async def failures(self, study_id: str) -> list[Failure]:
         out = []

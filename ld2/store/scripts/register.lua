@@ -84,7 +84,8 @@ end
 redis.call('HDEL', k.trials, tid)
 redis.call('ZADD', k.done, start, tid)
 redis.call('HINCRBY', k.s, 'done', count)
-redis.call('XADD', k.events, 'MAXLEN', '~', '10000', '*', 'w', worker, 'wn', t.name, 'n', fmt(count))
+redis.call('XADD', k.events, 'MAXLEN', '~', '10000', '*', 'w', worker, 'wn', t.name, 'n', fmt(count),
+  't', tid, 's', fmt(start))
 
 local hit = tonumber(ARGV[6])
 if f[2] == 'find_exact' and hit >= 0 then
