@@ -112,6 +112,7 @@ class StudyState:
     best_flat: int | None = None
     vector_len: int | None = None
     live_workers: int | None = None  # workers holding a lease that has not expired (None: unknown)
+    expired: int | None = None  # leases that expired and were reaped, ever (None: unknown)
 
     @property
     def total(self) -> int | None:

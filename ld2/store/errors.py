@@ -80,7 +80,7 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
     @functools.wraps(fn)
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            if self._cluster is None:
+            if not self._ready:
                 await self._connect()
             return await fn(self, *args, **kwargs)
         except BackendUnavailable:
@@ -97,7 +97,7 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     @functools.wraps(fn)
     async def stream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         try:
-            if self._cluster is None:
+            if not self._ready:
                 await self._connect()
             async for item in fn(self, *args, **kwargs):
                 yield item

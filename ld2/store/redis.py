@@ -102,6 +102,25 @@ def _load_scripts() -> dict[str, str]:
 _SOURCES = _load_scripts()
 
 
+MAX_CONNECTIONS = 512
+"""Connections of a client to a single server: a call past them waits (up to 20 s) for a free
+one — redis-py's own default pool refuses the 101st concurrent call. ``?max_connections=N`` in
+the URL overrides it."""
+MAX_CLUSTER_CONNECTIONS = 1024
+"""Connections of a cluster client to each node; redis-py's cluster client cannot wait for a
+free one, so a call past them is `BackendUnavailable` (retried)."""
+
+
+def _single(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    options = {"max_connections": MAX_CONNECTIONS} | options
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=20, **options)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    return RedisCluster.from_url(url, **({"max_connections": MAX_CLUSTER_CONNECTIONS} | options))
+
+
 def _s(value: bytes | str | None) -> str | None:
     if value is None:
         return None
@@ -205,6 +224,7 @@ class RedisTable(Table):
         self.fair_share = fair_share
         self._live_workers = 0
         self._cluster: bool | None = isinstance(client, RedisCluster)
+        self._ready = not self._cluster  # a cluster client is initialised on first use
         self._connecting: asyncio.Lock | None = None
         self._client_options: dict[str, Any] = {}
 
@@ -223,15 +243,12 @@ class RedisTable(Table):
         go to redis-py's client (e.g. ``ssl_cert_reqs``)."""
         options = client_options or {}
         try:
-            client: Any = (
-                RedisCluster.from_url(url, **options)
-                if cluster
-                else aioredis.Redis.from_url(url, **options)
-            )
+            client: Any = _cluster_client(url, options) if cluster else _single(url, options)
         except RedisClusterException as err:  # e.g. a database number: a cluster has only 0
             raise cluster_trouble(err, url) from None
         table = cls(client, url=url, **kwargs)
         table._cluster = cluster
+        table._ready = False
         table._client_options = options
         return table
 
@@ -242,22 +259,28 @@ class RedisTable(Table):
 
     async def _connect(self) -> None:
         """Settle, once, what a URL given without `cluster` points at: on a cluster node the
-        cluster client takes over (each study's keys live in one slot, found by its hash tag)."""
+        cluster client takes over (each study's keys live in one slot, found by its hash tag).
+        A cluster client learns the slots before its first command: many first calls at once
+        on an uninitialised one fail inside redis-py (seen with 1,000 concurrent workers)."""
         self._connecting = self._connecting or asyncio.Lock()
         async with self._connecting:
-            if self._cluster is not None:
+            if self._ready:
                 return
-            try:
-                enabled = bool((await self.client.info("cluster")).get("cluster_enabled"))
-            except ResponseError:  # INFO refused (a restricted managed Redis): a single server
-                enabled = False
-            if enabled:
-                cluster = RedisCluster.from_url(self.url, **self._client_options)
-                single, self.client = self.client, cluster
-                self.index.client = self.client
-                self._scripts = {n: self.client.register_script(t) for n, t in _SOURCES.items()}
-                await single.aclose()
-            self._cluster = enabled
+            if self._cluster is None:
+                try:
+                    enabled = bool((await self.client.info("cluster")).get("cluster_enabled"))
+                except ResponseError:  # INFO refused (a restricted managed Redis): one server
+                    enabled = False
+                if enabled:
+                    cluster = _cluster_client(self.url, self._client_options)
+                    single, self.client = self.client, cluster
+                    self.index.client = self.client
+                    self._scripts = {n: self.client.register_script(t) for n, t in _SOURCES.items()}
+                    await single.aclose()
+                self._cluster = enabled
+            if self._cluster:
+                await self.client.initialize()
+            self._ready = True
 
     # -- keys -----------------------------------------------
     def _g(self, name: str) -> str:
@@ -426,6 +449,7 @@ class RedisTable(Table):
             best_flat=num("best_flat"),
             vector_len=vlen or None,
             live_workers=live,
+            expired=num("expired") or 0,
         )
 
     async def get_study(self, study_id: str | None = None, name: str | None = None) -> StudyState:

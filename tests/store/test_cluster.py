@@ -4,6 +4,7 @@ the engine ``cluster``; these tests check what is particular to it.)"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 
@@ -76,3 +77,22 @@ async def test_studies_spread_over_masters_and_keep_their_keys_in_one_slot(
         if keys:
             await table.client.delete(*keys)
         await table.close()
+
+
+async def test_many_first_calls_at_once_on_a_fresh_table(
+    local_cluster: LocalCluster, private_redis_url: str | None
+) -> None:
+    """1,000 workers starting together: a fresh cluster client learns its slots once before
+    any command, and a single server's pool makes calls past its size wait, not fail."""
+    urls = [local_cluster.url] + ([private_redis_url] if private_redis_url else [])
+    for url in urls:
+        table = RedisTable.from_url(url, prefix=f"t{uuid.uuid4().hex[:8]}")
+        try:
+            sid = await table.register_study(study(f"burst{uuid.uuid4().hex[:6]}"))
+            states = await asyncio.gather(*(table.get_study(sid) for _ in range(600)))
+            assert {s.study_id for s in states} == {sid}
+        finally:
+            keys = [k async for k in table.client.scan_iter(match=f"{table.prefix}:*")]
+            if keys:
+                await table.client.delete(*keys)
+            await table.close()

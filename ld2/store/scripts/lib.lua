@@ -160,13 +160,16 @@ local function maybe_complete(k, now)
   return false
 end
 
--- Hand back (or quarantine) every lease of this study whose deadline has passed.
+-- Hand back (or quarantine) every lease of this study whose deadline has passed; the study's
+-- `expired` field counts them (ever, for metrics).
 local function reap_expired(k, now, max_attempts)
   local expired = redis.call('ZRANGEBYSCORE', k.leases, '-inf', now)
+  local handed = 0
   for _, tid in ipairs(expired) do
     redis.call('ZREM', k.leases, tid)
     local rec = redis.call('HGET', k.trials, tid)
     if rec then
+      handed = handed + 1
       local t = parse_trial(rec)
       redis.call('HINCRBY', k.s, 'reserved', -t.count)
       local attempts = t.attempt + 1
@@ -178,6 +181,9 @@ local function reap_expired(k, now, max_attempts)
       t.state = 'X'
       redis.call('HSET', k.trials, tid, trial_record(t))
     end
+  end
+  if handed > 0 then
+    redis.call('HINCRBY', k.s, 'expired', handed)
   end
   return #expired
 end
