@@ -30,6 +30,8 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from ld2 import __version__
 from ld2 import export as encode
+from ld2.api.dashboard import install_dashboard
+from ld2.api.metrics import install_metrics
 from ld2.api.security import (
     DOCS_STATIC,
     BearerAuth,
@@ -475,6 +477,8 @@ def create_app(
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: no body byte read before it
+    install_metrics(app, holder)  # GET /metrics; counts requests (401s too: it wraps the token)
+    install_dashboard(app, T)  # the page at / (open, ahead of the token) and its JSON routes
     return app
 
 

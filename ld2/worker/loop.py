@@ -40,6 +40,7 @@ from ld2.core.errors import BackendUnavailable, NotFound, RunnerMismatch, TrialR
 from ld2.core.study import StudySpec
 from ld2.store.base import FailMode, Reservation, Table
 from ld2.worker import runners
+from ld2.worker.metrics import WorkerProbe, probe_for
 from ld2.worker.runners import Runner
 
 log = logging.getLogger("ld2.worker")
@@ -77,6 +78,8 @@ class WorkerConfig:
     imports: Sequence[str] = ()
     stop_on_mismatch: bool = False  # a local run: a runner that cannot be called ends it
     trial_limit: float | None = None  # seconds a trial may compute; None: see LIMIT_FACTOR
+    metrics_port: int = 0  # serve Prometheus metrics on it while running (0: none)
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -133,6 +136,7 @@ class Worker:
         self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
         # pools ended on purpose (a trial over its limit): their other trials are recomputed
         self._ended: weakref.WeakSet[concurrent.futures.ProcessPoolExecutor] = weakref.WeakSet()
+        self.probe: WorkerProbe = probe_for(self)  # metrics (a no-op without a metrics port)
 
     def stop(self) -> None:
         """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
@@ -148,6 +152,7 @@ class Worker:
         )
 
     async def run(self) -> WorkerStats:
+        stop_metrics = self.probe.serve()
         self._pool = self._new_pool()
         t0 = time.monotonic()
         ender = asyncio.create_task(self._end_on_stop())
@@ -160,6 +165,7 @@ class Worker:
                 ender.cancel()
                 await _end_pool(self._pool)
             self.stats.seconds = time.monotonic() - t0
+            stop_metrics()
         return self.stats
 
     async def _end_on_stop(self) -> None:
@@ -183,6 +189,7 @@ class Worker:
         self._worked_at = time.monotonic()
         limit = self.config.exit_when_idle
         while not self._stopping.is_set():
+            self.probe.holding(k, res)
             if limit is not None and time.monotonic() - self._worked_at >= limit:
                 break
             if res is None:
@@ -190,6 +197,7 @@ class Worker:
                     self.table.reserve, caps, self._size_for(None), self.id, self.name,
                     lease=self.config.lease, request_id=uuid.uuid4().hex,
                 )  # fmt: skip
+                self.probe.holding(k, res)
                 if res is None:
                     await self._sleep(self.config.idle_wait)
                     continue
@@ -218,6 +226,7 @@ class Worker:
                 res = None
         if res is not None:  # reserved with the last registration, never started
             await self._hand_back(res, "worker stopped", "release")
+        self.probe.holding(k, None)
 
     async def _compute(self, res: Reservation) -> np.ndarray | None:
         run = self._runner_for(res.spec)
@@ -313,6 +322,7 @@ class Worker:
             await self._failed(res, f"{type(err).__name__}: {err}")
             return None
         elapsed = time.monotonic() - t0
+        self.probe.computed(elapsed)
         self._worked_at = time.monotonic()
         self._outcomes.setdefault(res.study_id, [0, 0])[0] += 1
         timing = self._timing.setdefault(self._key(res), [0.0, 0.0])
@@ -440,6 +450,7 @@ class Worker:
         gets that answer replayed (the same lease) instead of a second lease."""
         delay = 0.2
         while True:
+            sent = time.monotonic()
             try:
                 result = await fn(*args, **kwargs)
             except BackendUnavailable as err:
@@ -447,10 +458,12 @@ class Worker:
                     raise
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
+                    self.probe.outage()
                     log.warning("%s; retrying with backoff until it is back", err)
                 await self._sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
                 continue
+            self.probe.round_trip(fn, time.monotonic() - sent)
             if self._outage_since is not None:
                 took = time.monotonic() - self._outage_since
                 self._outage_since = None

@@ -193,14 +193,18 @@ async def test_concurrent_chunked_uploads_all_get_through() -> None:
 
 
 async def test_default_budget_and_layering(tmp_path: Path) -> None:
+    from ld2.api.metrics import CountRequests
     from ld2.api.security import BearerAuth, BodyLimit
 
     assert BodyLimit(Held(), limit=1000).budget.total == 4000
     with pytest.raises(ValueError):
         BodyLimit(Held(), limit=1000, budget=999)
     app = create_app(lambda: None, token="t", curriculum_path=tmp_path / "c.json")  # type: ignore[arg-type,return-value]
-    # The first of user_middleware is the outermost: auth runs before any body is read.
-    assert [mw.cls for mw in app.user_middleware] == [BearerAuth, BodyLimit]
+    # The first of user_middleware is the outermost: auth runs before any body is read, and
+    # what lies outside it (the request counter, the dashboard's pages) reads no body.
+    layers = [mw.cls for mw in app.user_middleware]
+    assert layers[layers.index(BearerAuth) :] == [BearerAuth, BodyLimit]
+    assert layers.index(CountRequests) < layers.index(BearerAuth)  # 401s are counted too
 
 
 # -- NaN, infinities, lone surrogates, huge numbers, deep nesting -----------------------------------
