@@ -11,17 +11,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -161,32 +157,12 @@ def api(
 async def _table(
     redis: str | None, api: str | None, token: str | None, **kwargs: Any
 ) -> AsyncIterator[Table]:
-    from ld2.store.connect import open_table
-    from ld2.store.http import HttpTable
+    """The table the connection options choose (the Python client's rules: `open_backend`)."""
+    from ld2.client import open_backend
 
-    api = api or os.environ.get("LD2_API_URL")
-    table: Table
-    if api:
-        table = HttpTable(api, token=token or os.environ.get("LD2_API_TOKEN"), retries=2)
-    else:
-        from redis.exceptions import ResponseError
-
-        from ld2.store.urls import redacted
-
-        try:
-            table = open_table(redis, **kwargs)
-        except ValueError as err:  # redis-py's words for a URL it cannot read
-            raise InvalidInput("--redis", f"not a Redis URL ({err})") from None
-        try:
-            await table.ping()
-            await table.check_eviction(allow=_allow_eviction())
-        except ResponseError as err:  # e.g. "DB index is out of range", "NOAUTH"
-            await table.close()
-            where = redacted(redis) if redis else "the Redis URL"
-            raise InvalidInput("--redis", f"{where}: {err}") from None
-        except BaseException:
-            await table.close()
-            raise
+    table = await open_backend(
+        redis, api, token, allow_eviction=_allow_eviction(), field="--redis", **kwargs
+    )
     try:
         yield table
     finally:
@@ -206,7 +182,9 @@ class Incomplete(Exception):
 def _allow_eviction() -> bool:
     """``--allow-eviction`` or ``$LD2_ALLOW_EVICTION=1``: run on a Redis that may evict keys
     (studies may vanish; said loudly at start)."""
-    return os.environ.get("LD2_ALLOW_EVICTION", "").lower() in ("1", "true", "yes")
+    from ld2.client import allow_eviction_from_env
+
+    return allow_eviction_from_env()
 
 
 @contextlib.contextmanager
@@ -240,77 +218,17 @@ def _run(coro: Awaitable[T]) -> T:
 
 
 def _load_study(path: Path) -> Any:
-    from ld2.core.studyfile import load_study_file
+    """A study file, read strictly; without a name it is registered under the file's stem."""
+    from ld2.client import study_registry
 
-    return load_study_file(path)
+    return study_registry(path)
 
 
 async def _find(table: Table, ident: str) -> StudyState:
     """A study by id, else by name."""
-    try:
-        return await table.get_study(study_id=ident)
-    except NotFound:
-        try:
-            return await table.get_study(name=ident)
-        except NotFound:
-            raise NotFound(f"no study with id or name {ident!r}") from None
+    from ld2.client import find_study
 
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[shown]}"),  # done/total, or done/∞ for an infinite study
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
-async def _get_live(table: Table, sid: str, label: str) -> StudyState:
-    try:
-        return await table.get_study(sid)
-    except NotFound:
-        raise LD2Error(
-            f"study {_safe(label)} ({sid}) no longer exists: it was cancelled or deleted, "
-            "or Redis lost its data; submit it again"
-        ) from None
-
-
-async def _wait(table: Table, sid: str, every: float = 0.5) -> StudyState:
-    """A progress bar until the study is done (a study that vanishes is an error). An
-    unreachable backend is waited out with backoff, said once per outage."""
-    lost: float | None = None
-    delay = every
-
-    async def poll(label: str) -> StudyState:
-        nonlocal lost, delay
-        while True:
-            try:
-                state = await _get_live(table, sid, label)
-            except BackendUnavailable as err:
-                if lost is None:
-                    lost = time.monotonic()
-                    console.print(f"ld2: {err}; waiting for it to come back", markup=False)
-                delay = min(delay * 2, 10.0)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                continue
-            if lost is not None:
-                console.print(f"ld2: the backend is back after {time.monotonic() - lost:.1f} s")
-                lost, delay = None, every
-            return state
-
-    state = await poll(sid)
-    with _progress() as bar:
-        total = "∞" if state.total is None else f"{state.total:,}"
-        task = bar.add_task(escape(_safe(state.label)), total=state.total or None, shown="")
-        while True:
-            state = await poll(state.label)
-            done = state.done + state.failed
-            bar.update(task, completed=done, shown=f"{done:,}/{total}")
-            if state.status == "done":
-                return state
-            await asyncio.sleep(every)
+    return await find_study(table, ident)
 
 
 def _safe(text: str) -> str:
@@ -346,13 +264,6 @@ async def _report_end(table: Table, state: StudyState) -> None:
         raise Incomplete
 
 
-def _named(registry: Any, path: Path) -> Any:
-    """A study file without a name is registered under the file's stem."""
-    if registry.name is None:
-        return registry.model_copy(update={"name": path.stem})
-    return registry
-
-
 # -- studies --------------------------------------------------------------------------------------
 
 
@@ -382,18 +293,20 @@ def submit(
     different study under a taken name is refused (exit 2) naming what differs. With --wait,
     exits 3 if the study ends with failed points."""
     with _user_errors():
-        registry = _named(_load_study(study), study)
+        registry = _load_study(study)
 
     async def go() -> None:
+        from ld2.client import AsyncClient
+
         async with _table(redis, api, token, trial_timeout=trial_timeout) as table:
-            sid, existed = await table.submit_study(
+            handle = await AsyncClient.from_table(table).submit(
                 registry, priority=priority, trial_limit=trial_limit
             )
-            typer.echo(sid)
-            if existed:
+            typer.echo(handle.id)
+            if handle.existed:
                 _err(f"ld2: {_safe(registry.name)} was already registered with the same content")
             if wait:
-                await _report_end(table, await _wait(table, sid))
+                await _report_end(table, await handle.wait(check=False, console=console))
 
     _run(go())
 
@@ -454,7 +367,8 @@ def status(
 def result(
     study: Annotated[str, typer.Argument(help="A study id or name.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="out.csv, .jsonl, .json, .npy or .png")
+        Path,
+        typer.Option("-o", "--output", help="out.csv, .jsonl, .json, .npy, .png, .svg or .pdf"),
     ],
     redis: RedisOpt = None,
     api: ApiOpt = None,
@@ -570,6 +484,9 @@ def _runners(imports: list[str], capacities: list[str]) -> tuple[dict[str, Any],
 
     available = runners.load(imports)
     chosen = capacities or sorted(available)
+    for name in chosen:  # ``module:qualname``: a function `ld2.sweep(..., client=)` submitted
+        if name not in available and (found := runners.by_reference(name)) is not None:
+            available[name] = found
     unknown = [c for c in chosen if c not in available]
     if unknown:
         known = ", ".join(sorted(available))
@@ -642,6 +559,18 @@ def worker(
             "computes): a killed worker's trials come back after about this long."
         ),
     ] = 30.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this worker's Prometheus metrics at http://HOST:PORT/metrics while it "
+            "runs (0: off). See docs/metrics.md.",
+        ),
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for --metrics-port (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -663,6 +592,7 @@ def worker(
         chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
         exit_when_idle=exit_when_idle, idle_wait=idle_wait, imports=imports,
         trial_limit=trial_limit, lease=lease, heartbeat_every=lease / 3,
+        metrics_port=metrics_port, metrics_host=metrics_host,
     )  # fmt: skip
 
     async def go() -> None:
@@ -775,7 +705,10 @@ def run(
     output: Annotated[
         list[Path] | None,
         typer.Option(
-            "-o", "--output", help="Result files (default: NAME.csv, and NAME.png for a 2-D study)."
+            "-o",
+            "--output",
+            help="Result files: .csv .jsonl .json .npy .png .svg .pdf "
+            "(default: NAME.csv, and NAME.png for a 2-D study).",
         ),
     ] = None,
     import_: Annotated[list[str] | None, typer.Option("--import", help="Runner modules.")] = None,
@@ -801,7 +734,7 @@ def run(
     from ld2.export import check_output
 
     with _user_errors():
-        registry = _named(_load_study(study), study)
+        registry = _load_study(study)
         spec = parse_study(registry)
         imports = import_ or []
         available, _ = _runners(imports, [capacity] if capacity else [])
@@ -857,6 +790,7 @@ async def _run_locally(
     """`ld2 run`'s work; returns the exit status."""
     import signal
 
+    from ld2.client import compute_locally
     from ld2.export import write_results
     from ld2.store.connect import open_table
     from ld2.store.embedded import LocalRun, StateDirBusy
@@ -907,18 +841,8 @@ async def _run_locally(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, interrupt)
-            try:
-                work = asyncio.create_task(worker.run())
-                waiting = asyncio.create_task(_wait(table, sid, every=0.2))
-                await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                worker.stop()  # the study is done (or the worker ended): no trial is in hand
-                await work
-                if not waiting.done():
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
-                else:
-                    waiting.result()  # raises if the study vanished
+            try:  # until the study is done or the worker ends; raises if the study vanished
+                await compute_locally(table, sid, worker, every=0.2, console=console)
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)

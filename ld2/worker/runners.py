@@ -77,6 +77,28 @@ def load(
     return dict(REGISTRY)
 
 
+def by_reference(name: str) -> Runner | None:
+    """The function a capacity named ``module:qualname`` points at (how `ld2.sweep` names an
+    undecorated function for remote workers), imported and registered as a per-point runner;
+    None for any other name, or when there is no such function."""
+    module, sep, qualname = name.partition(":")
+    if not (sep and module and qualname):
+        return None
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        found: Any = importlib.import_module(module)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if not callable(found):
+        return None
+    REGISTRY[name] = Runner(name, found, False)
+    return REGISTRY[name]
+
+
 def _import_runner_module(name: str) -> None:
     where = "--import"
     try:
