@@ -129,6 +129,12 @@ class BacklogModel(BaseModel):
     workers_seen: int
 
 
+class WorkerModel(BaseModel):
+    worker_id: str
+    name: str | None
+    last_seen: datetime
+
+
 class LandedBlock(BaseModel):
     start: int  # the flat index of the first value
     values: list[Any]
@@ -457,6 +463,14 @@ def create_app(
         got = await T().results_since(state.study_id, after)
         blocks = [LandedBlock(start=b.start, values=_json_values(b.values)) for b in got.blocks]
         return LandedModel(cursor=got.cursor, reset=got.reset, blocks=blocks)
+
+    @app.get("/workers", response_model=list[WorkerModel], tags=["ld2"])
+    async def workers(
+        within_sec: Annotated[int, Query(ge=1, le=86_400)] = 600,
+    ) -> list[WorkerModel]:
+        """The workers that reserved within `within_sec` seconds, most recent first (their last
+        reserve as the store saw it, to within 5 s)."""
+        return [WorkerModel(**w.__dict__) for w in await T().workers(within_sec)]
 
     @app.get("/backlog", response_model=BacklogModel, tags=["ld2"])
     async def backlog() -> BacklogModel:

@@ -208,6 +208,8 @@ class WorkerView(BaseModel):
     recent_points_per_sec: float  # over the last `recent_sec` seconds
     active: bool  # registered results within the last `recent_sec` seconds
     studies: list[str]  # the labels of the studies it registered results to
+    trials: int  # trials it registered within `cutoff_sec` seconds
+    last_seen: datetime | None  # its last reserve (to within 5 s; None: not within the window)
 
 
 class WorkersView(BaseModel):
@@ -306,21 +308,27 @@ def _rate(v: float) -> float:
     return v if math.isfinite(v) else 0.0
 
 
+def _worker(worker_id: str, name: str | None) -> WorkerView:
+    return WorkerView(
+        worker_id=worker_id, name=name, points_per_sec=0.0, recent_points_per_sec=0.0,
+        active=False, studies=[], trials=0, last_seen=None,
+    )  # fmt: skip
+
+
 async def workers_view(table: Table, cutoff_sec: int, recent_sec: int) -> WorkersView:
-    """The workers that registered results to an active study within `cutoff_sec` seconds."""
+    """The workers that reserved, or registered results to an active study, within
+    `cutoff_sec` seconds."""
     long, recent = await table.progress(cutoff_sec), await table.progress(recent_sec)
     seen: dict[str, WorkerView] = {}
+    for one in await table.workers(cutoff_sec):
+        seen[one.worker_id] = _worker(one.worker_id, one.name)
+        seen[one.worker_id].last_seen = one.last_seen
     for study in long.studies:
         label = study.name or study.study_id
         for w in study.workers:
-            view = seen.setdefault(
-                w.worker_id,
-                WorkerView(
-                    worker_id=w.worker_id, name=w.worker_name, points_per_sec=0.0,
-                    recent_points_per_sec=0.0, active=False, studies=[],
-                ),
-            )  # fmt: skip
+            view = seen.setdefault(w.worker_id, _worker(w.worker_id, w.worker_name))
             view.points_per_sec += _rate(w.velocity)
+            view.trials += w.trials
             view.name = view.name or w.worker_name
             if label not in view.studies:
                 view.studies.append(label)

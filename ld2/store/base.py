@@ -194,6 +194,16 @@ class WorkerSpeed:
     worker_id: str
     worker_name: str | None
     velocity: float  # points/s registered within the window
+    trials: int = 0  # trials registered within the window (0: unknown, over lite_dist2's wire)
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A worker that reserved lately (as the store saw it, to within 5 s)."""
+
+    worker_id: str
+    name: str | None
+    last_seen: datetime
 
 
 @dataclass(frozen=True)
@@ -392,6 +402,10 @@ class Table(abc.ABC):
 
     @abc.abstractmethod
     async def failures(self, study_id: str) -> list[Failure]: ...
+
+    @abc.abstractmethod
+    async def workers(self, within_sec: int = 600) -> list[WorkerSeen]:
+        """The workers that reserved within `within_sec` seconds, most recent first."""
 
     @abc.abstractmethod
     async def backlog(self) -> Backlog: ...

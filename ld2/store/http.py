@@ -57,6 +57,7 @@ from ld2.store.base import (
     StudyState,
     Table,
     TrialRef,
+    WorkerSeen,
     WorkerSpeed,
 )
 from ld2.store.wire_client import LeanClient
@@ -487,6 +488,13 @@ class HttpTable(Table):
 
     async def backlog(self) -> Backlog:
         return Backlog(**await self._json("GET", "/backlog"))
+
+    async def workers(self, within_sec: int = 600) -> list[WorkerSeen]:
+        data = await self._json("GET", "/workers", params={"within_sec": within_sec})
+        return [
+            WorkerSeen(w["worker_id"], w["name"], datetime.fromisoformat(w["last_seen"]))
+            for w in data
+        ]
 
     async def export_snapshot(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/snapshot"))

@@ -58,6 +58,7 @@ from ld2.store.base import (
     StudyState,
     Table,
     TrialRef,
+    WorkerSeen,
     WorkerSpeed,
     clamp_max_size,
     from_ms,
@@ -868,6 +869,20 @@ class RedisTable(Table):
         info = await self.client.xinfo_stream(key)
         return int(info["entries-added"]), int(info["length"])
 
+    async def workers(self, within_sec: int = 600) -> list[WorkerSeen]:
+        now = await self.server_time()
+        since = int(now.timestamp() * 1000) - within_sec * 1000
+        rows = await self.client.zrevrangebyscore(
+            self._g("workers"), "+inf", since, withscores=True
+        )
+        if not rows:
+            return []
+        names = await self.client.hmget(self._g("worker_names"), [wid for wid, _ in rows])
+        return [
+            WorkerSeen(_s(wid) or "", _s(name) or None, from_ms(int(ms)))  # type: ignore[arg-type]
+            for (wid, ms), name in zip(rows, names, strict=True)
+        ]
+
     async def failures(self, study_id: str) -> list[Failure]:
         out = []
         for member in await self.client.zrange(self.study_keys(study_id).failed, 0, -1):
@@ -920,12 +935,13 @@ class RedisTable(Table):
                 )
                 for _eid, fields in events:
                     wid = _s(fields[b"w"]) or ""
-                    entry = per_worker.setdefault(wid, [_s(fields.get(b"wn")) or None, 0])
+                    entry = per_worker.setdefault(wid, [_s(fields.get(b"wn")) or None, 0, 0])
                     entry[1] += int(fields[b"n"])
+                    entry[2] += 1
             workers = sorted(
                 (
-                    WorkerSpeed(w, name, eta.velocity(n, window))
-                    for w, (name, n) in per_worker.items()
+                    WorkerSpeed(w, name, eta.velocity(n, window), trials)
+                    for w, (name, n, trials) in per_worker.items()
                 ),
                 key=lambda w: -w.velocity,
             )

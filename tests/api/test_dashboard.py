@@ -190,7 +190,15 @@ async def test_workers_seen_with_their_pace(api: Api) -> None:
         w = workers[wid]
         assert w["name"] == f"name-{wid}" and w["active"] and w["studies"] == ["paced"]
         assert w["points_per_sec"] > 0 and w["recent_points_per_sec"] > 0
+        assert w["trials"] == 1 and w["last_seen"] is not None
     assert got["workers"][0]["worker_id"] == "w-b"  # the faster first
+    idle = await api.table.reserve([], 5, "w-idle", "idle")
+    assert idle is not None  # it reserved (it is seen) but registered nothing yet
+    got = (await api.http.get("/dashboard/workers")).json()
+    seen = {w["worker_id"]: w for w in got["workers"]}
+    assert seen["w-idle"]["trials"] == 0 and seen["w-idle"]["last_seen"] is not None
+    listed = (await api.http.get("/workers")).json()
+    assert {w["worker_id"] for w in listed} == {"w-a", "w-b", "w-idle"}
     for params in ({"cutoff_sec": 0}, {"recent_sec": "x"}):
         assert (await api.http.get("/dashboard/workers", params=params)).status_code == 422
 

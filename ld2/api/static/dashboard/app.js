@@ -317,7 +317,10 @@ class OverviewPage extends Page {
       if (w.active) workerSeen.set(w.worker_id, now);
       const seen = workerSeen.get(w.worker_id);
       let last;
-      if (w.active) last = `within ${view.recent_sec} s`;
+      if (w.last_seen) {
+        const ago = (Date.parse(view.now) - Date.parse(w.last_seen)) / 1000;
+        last = ago < 5 ? "now" : `${fmtDuration(ago)} ago`;
+      } else if (w.active) last = `within ${view.recent_sec} s`;
       else if (seen) last = `about ${fmtDuration((now - seen) / 1000 + view.recent_sec)} ago`;
       else last = `within ${fmtDuration(view.cutoff_sec)}`;
       const tr = el("tr");
@@ -328,6 +331,7 @@ class OverviewPage extends Page {
       tr.append(
         who,
         el("td", null, last),
+        el("td", "num", String(w.trials)),
         el("td", "num", fmtRate(w.recent_points_per_sec)),
         el("td", "num", fmtRate(w.points_per_sec)),
         el("td", null, w.studies.join(", ")),
