@@ -38,6 +38,9 @@ CALLS: list[tuple[str, Any]] = [
     ("retry_failures", lambda t: t.retry_failures("s")),
     ("pause", lambda t: t.pause("s")),
     ("export_snapshot", lambda t: t.export_snapshot()),
+    ("study_spec", lambda t: t.study_spec("s")),
+    ("results_since", lambda t: t.results_since("s", "1-0/0")),
+    ("workers", lambda t: t.workers()),
 ]
 
 
