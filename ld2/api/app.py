@@ -31,6 +31,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 from ld2 import __version__
 from ld2 import export as encode
 from ld2.api.dashboard import install_dashboard
+from ld2.api.lookup import find_study
 from ld2.api.metrics import install_metrics
 from ld2.api.security import (
     DOCS_STATIC,
@@ -54,8 +55,6 @@ from ld2.store.base import FailMode, Progress, Reservation, StudyState, Table, T
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 
 log = logging.getLogger("ld2.api")
-
-NOT_FOUND = "Study not found."
 
 
 # -- ld2's extra models --------------------------------------
@@ -333,14 +332,14 @@ def create_app(
     )
     async def get_study(study_id: str | None = None, name: str | None = None) -> Response:
         """The finished study with its results in grid order (streamed); 202 while active."""
-        state = await _find(T(), study_id, name)
+        state = await find_study(T(), study_id, name)
         if state.status != "done":
             return JSONResponse({"status": state.wire_status, "result": None}, status_code=202)
         return StreamingResponse(encode.storage_stream(T(), state), media_type="application/json")
 
     @app.delete("/study", response_model=m.OkResponse, tags=["lite_dist2"])
     async def cancel_study(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
-        state = await _find(T(), study_id, name)
+        state = await find_study(T(), study_id, name)
         await T().cancel(state.study_id)
         return m.OkResponse(ok=True)
 
@@ -378,12 +377,12 @@ def create_app(
 
     @app.post("/study/pause", response_model=m.OkResponse, tags=["ld2"])
     async def pause(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
-        await T().pause((await _find(T(), study_id, name)).study_id)
+        await T().pause((await find_study(T(), study_id, name)).study_id)
         return m.OkResponse(ok=True)
 
     @app.post("/study/resume", response_model=m.OkResponse, tags=["ld2"])
     async def resume(study_id: str | None = None, name: str | None = None) -> m.OkResponse:
-        await T().resume((await _find(T(), study_id, name)).study_id)
+        await T().resume((await find_study(T(), study_id, name)).study_id)
         return m.OkResponse(ok=True)
 
     @app.post("/study/submit", response_model=SubmitResponse, tags=["ld2"])
@@ -399,7 +398,7 @@ def create_app(
     @app.post("/study/delete", response_model=DeletedModel, tags=["ld2"])
     async def delete(study_id: str | None = None, name: str | None = None) -> DeletedModel:
         """Forget a study in any state (also a finished one) with all its results."""
-        gone = await T().delete((await _find(T(), study_id, name)).study_id)
+        gone = await T().delete((await find_study(T(), study_id, name)).study_id)
         return DeletedModel(
             study_id=gone.study_id, name=gone.name, status=gone.status,
             done_grids=gone.done, failed_grids=gone.failed,
@@ -408,12 +407,12 @@ def create_app(
     @app.post("/study/retry", response_model=RetryResponse, tags=["ld2"])
     async def retry(study_id: str | None = None, name: str | None = None) -> RetryResponse:
         """Put a study's quarantined points back to work (after its runner was fixed)."""
-        n = await T().retry_failures((await _find(T(), study_id, name)).study_id)
+        n = await T().retry_failures((await find_study(T(), study_id, name)).study_id)
         return RetryResponse(requeued_grids=n)
 
     @app.get("/study/info", response_model=StudyInfo, tags=["ld2"])
     async def info(study_id: str | None = None, name: str | None = None) -> StudyInfo:
-        return study_info(await _find(T(), study_id, name))
+        return study_info(await find_study(T(), study_id, name))
 
     @app.get("/studies", response_model=list[StudyInfo], tags=["ld2"])
     async def studies() -> list[StudyInfo]:
@@ -421,7 +420,7 @@ def create_app(
 
     @app.get("/study/failures", response_model=list[FailureModel], tags=["ld2"])
     async def failures(study_id: str | None = None, name: str | None = None) -> list[FailureModel]:
-        state = await _find(T(), study_id, name)
+        state = await find_study(T(), study_id, name)
         return [FailureModel(**f.__dict__) for f in await T().failures(state.study_id)]
 
     @app.get(
@@ -448,7 +447,7 @@ def create_app(
         its ``flat`` index (non-finite floats as the strings "nan", "inf", "-inf"); npy: a 1-D
         structured array (axis fields and ``result``) of the points registered when asked.
         """
-        state = await _find(T(), study_id, name)
+        state = await find_study(T(), study_id, name)
         return _results_response(T(), state, format)
 
     @app.get("/study/landed", response_model=LandedModel, tags=["ld2"])
@@ -459,7 +458,7 @@ def create_app(
         they landed — for live views. ``reset``: the blocks are every result so far (a first
         call, or a cursor older than the study's last ~10,000 registrations). Non-finite
         floats are the strings "nan", "inf", "-inf"."""
-        state = await _find(T(), study_id, name)
+        state = await find_study(T(), study_id, name)
         got = await T().results_since(state.study_id, after)
         blocks = [LandedBlock(start=b.start, values=_json_values(b.values)) for b in got.blocks]
         return LandedModel(cursor=got.cursor, reset=got.reset, blocks=blocks)
@@ -614,15 +613,6 @@ async def _uploaded(table: Table, trial: m.TrialModel) -> tuple[TrialRef, np.nda
     """A lite_dist2 upload checked against its study (`check_upload`), as ld2's own types."""
     start, count, typed = check_upload(await table.study_spec(trial.study_id), trial)
     return TrialRef(trial.study_id, trial.trial_id, trial.worker_node_id, start, count), typed
-
-
-async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:
-    if (study_id is None) == (name is None):
-        raise InvalidInput("study_id", "give exactly one of study_id and name")
-    try:
-        return await table.get_study(study_id=study_id, name=name)
-    except NotFound:
-        raise NotFound(NOT_FOUND) from None
 
 
 def content_disposition(filename: str) -> str:

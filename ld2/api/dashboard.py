@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ld2 import colormap
-from ld2.core.errors import InvalidInput, NotFound
+from ld2.api.lookup import find_study
 from ld2.core.space import Axis
 from ld2.store.base import StudyState, Table
 
@@ -295,15 +295,6 @@ async def study_view(table: Table, state: StudyState) -> StudyView:
     )
 
 
-async def _find(table: Table, study_id: str | None, name: str | None) -> StudyState:
-    if (study_id is None) == (name is None):
-        raise InvalidInput("study_id", "give exactly one of study_id and name")
-    try:
-        return await table.get_study(study_id=study_id, name=name)
-    except NotFound:
-        raise NotFound("Study not found.") from None
-
-
 def _rate(v: float) -> float:
     return v if math.isfinite(v) else 0.0
 
@@ -363,7 +354,7 @@ def install_dashboard(app: FastAPI, table: Callable[[], Table]) -> None:
     async def dashboard_study(study_id: str | None = None, name: str | None = None) -> StudyView:
         """A study for the page: its axes in plain JSON, its counters and, for find_exact and
         minimize, the answering point (the hit; the best so far) with its parameters and value."""
-        return await study_view(table(), await _find(table(), study_id, name))
+        return await study_view(table(), await find_study(table(), study_id, name))
 
     @app.get("/dashboard/failures", response_model=list[FailureView], tags=["dashboard"])
     async def dashboard_failures(
@@ -371,7 +362,7 @@ def install_dashboard(app: FastAPI, table: Callable[[], Table]) -> None:
     ) -> list[FailureView]:
         """The quarantined ranges with their last error and the parameter values of their first
         (and last) point."""
-        state = await _find(table(), study_id, name)
+        state = await find_study(table(), study_id, name)
         out = []
         for f in await table().failures(state.study_id):
             last = _point(state, f.start + f.count - 1) if f.count > 1 else None
