@@ -638,13 +638,18 @@ def reaper(
     async def go() -> None:
         main = asyncio.current_task()
         assert main is not None
-        # SIGTERM (a platform stopping the reaper) ends it cleanly, as Ctrl-C does: exit 0
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        stop = asyncio.Event()
+
+        def on_sigterm() -> None:  # a platform stopping the reaper: exit 0, as Ctrl-C does
+            stop.set()  # also checked between passes: a cancellation alone can be lost (Python
+            main.cancel()  # 3.11's asyncio.wait_for, which redis-py writes through, swallows it)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         async with _table(redis, None, None) as table:
             if once:
                 typer.echo(f"{await table.reap()} expired trial(s) handed back")
                 return
-            await reap_periodically(table, interval)
+            await reap_periodically(table, interval, stop)
 
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         _run(go())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -48,6 +49,25 @@ def cluster_trouble(err: RedisClusterException, url: str) -> Exception:
     return InvalidInput("--redis", f"{redacted(url)}: {err}")
 
 
+_REDIS_IO = os.path.join("redis", "asyncio", "connection.py")
+
+
+def closed_under_it(err: BaseException) -> bool:
+    """redis-py's asyncio client writing on a connection that another task closed meanwhile
+    (its cluster client drops a failed node's connections while other requests use them)
+    raises RuntimeError under uvloop, which uvicorn runs the API on ("the handler is closed",
+    MagicStack/uvloop#506), or AttributeError (its writer already None), not ConnectionError:
+    the same "not now" when it comes from redis-py's connection code."""
+    if not isinstance(err, (RuntimeError, AttributeError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_REDIS_IO):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def unavailable(err: BaseException, url: str) -> BackendUnavailable:
     """The one mapping of a Redis error to what ld2's callers handle (and retry)."""
     where = f"Redis at {redacted(url) if url else 'the given client'}"
@@ -87,6 +107,10 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
             raise  # already said (it is an OSError too: never wrap it twice)
         except TRANSIENT as err:
             raise unavailable(err, self.url) from err
+        except (RuntimeError, AttributeError) as err:
+            if not closed_under_it(err):
+                raise
+            raise unavailable(err, self.url) from err
         except RedisClusterException as err:
             raise cluster_trouble(err, self.url) from err
 
@@ -104,6 +128,10 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
         except BackendUnavailable:
             raise
         except TRANSIENT as err:
+            raise unavailable(err, self.url) from err
+        except (RuntimeError, AttributeError) as err:
+            if not closed_under_it(err):
+                raise
             raise unavailable(err, self.url) from err
         except RedisClusterException as err:
             raise cluster_trouble(err, self.url) from err

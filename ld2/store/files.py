@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -57,10 +58,14 @@ async def save_periodically(table: Table, path: Path, interval: float) -> None:
             log.warning("could not save the curriculum to %s: %s", path, err)
 
 
-async def reap_periodically(table: Table, interval: float) -> None:
-    """The reaper's loop: hand back expired leases every `interval` seconds until cancelled."""
+async def reap_periodically(
+    table: Table, interval: float, stop: asyncio.Event | None = None
+) -> None:
+    """The reaper's loop: hand back expired leases every `interval` seconds until cancelled or
+    `stop` is set."""
+    stop = stop or asyncio.Event()
     lost: float | None = None  # an outage is said once when it starts and once when it ends
-    while True:
+    while not stop.is_set():
         try:
             n = await table.reap()
         except ConnectionError as err:
@@ -73,4 +78,5 @@ async def reap_periodically(table: Table, interval: float) -> None:
                 lost = None
             if n:
                 log.info("handed back %d expired trial(s)", n)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -507,6 +507,7 @@ async def _end_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     procs: list[multiprocessing.process.BaseProcess] = list(
         (getattr(pool, "_processes", None) or {}).values()
     )
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         proc.terminate()
@@ -517,3 +518,6 @@ async def _end_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     finally:
         for proc in _running(procs):
             proc.kill()
+        if manager is not None:  # let it close its wakeup pipe now: Python 3.11's exit hook
+            # writes to that pipe without a lock, racing a close ("OSError: [Errno 9]" at exit)
+            await asyncio.to_thread(manager.join, GRACE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -169,3 +170,26 @@ def test_bad_redis_urls_are_input_errors_not_tracebacks() -> None:
     out = ld2("status", "--redis", "foo")
     assert out.returncode == 2 and "--redis: not a Redis URL" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _raise_in(filename: str, exc: BaseException) -> Any:
+    """A function that raises `exc` from code whose file is `filename`."""
+    scope: dict[str, Any] = {"exc": exc}
+    exec(compile("def boom():\n    raise exc\n", filename, "exec"), scope)
+    return scope["boom"]
+
+
+def test_a_write_on_a_connection_closed_under_it_is_not_now() -> None:
+    """uvloop says RuntimeError ("the handler is closed") where asyncio says ConnectionError;
+    from redis-py's connection code it is an outage, from anywhere else a bug."""
+    from ld2.store.errors import closed_under_it
+
+    redis_io = os.path.join("site-packages", "redis", "asyncio", "connection.py")
+    for exc in (RuntimeError("the handler is closed"), AttributeError("'NoneType' writelines")):
+        with pytest.raises(type(exc)) as caught:
+            _raise_in(redis_io, exc)()
+        assert closed_under_it(caught.value)
+        with pytest.raises(type(exc)) as elsewhere:
+            _raise_in("ld2/store/redis.py", type(exc)("a bug"))()
+        assert not closed_under_it(elsewhere.value)
+    assert not closed_under_it(ValueError("no"))
