@@ -96,6 +96,18 @@ def mapped(cls: type[T]) -> type[T]:
     return cls
 
 
+def translated(err: BaseException, url: str) -> BaseException:
+    """What the store raises for `err`: `BackendUnavailable` for "not now", `InvalidInput` for
+    a cluster URL that cannot work, else `err` itself (a bug, not Redis)."""
+    if isinstance(err, BackendUnavailable):
+        return err  # already said (it is an OSError too: never wrap it twice)
+    if isinstance(err, TRANSIENT) or closed_under_it(err):
+        return unavailable(err, url)
+    if isinstance(err, RedisClusterException):
+        return cluster_trouble(err, url)
+    return err
+
+
 def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -103,16 +115,11 @@ def _map_coroutine(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
             if not self._ready:
                 await self._connect()
             return await fn(self, *args, **kwargs)
-        except BackendUnavailable:
-            raise  # already said (it is an OSError too: never wrap it twice)
-        except TRANSIENT as err:
-            raise unavailable(err, self.url) from err
-        except (RuntimeError, AttributeError) as err:
-            if not closed_under_it(err):
+        except Exception as err:
+            mapped = translated(err, self.url)
+            if mapped is err:
                 raise
-            raise unavailable(err, self.url) from err
-        except RedisClusterException as err:
-            raise cluster_trouble(err, self.url) from err
+            raise mapped from err
 
     return call
 
@@ -125,15 +132,10 @@ def _map_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
                 await self._connect()
             async for item in fn(self, *args, **kwargs):
                 yield item
-        except BackendUnavailable:
-            raise
-        except TRANSIENT as err:
-            raise unavailable(err, self.url) from err
-        except (RuntimeError, AttributeError) as err:
-            if not closed_under_it(err):
+        except Exception as err:
+            mapped = translated(err, self.url)
+            if mapped is err:
                 raise
-            raise unavailable(err, self.url) from err
-        except RedisClusterException as err:
-            raise cluster_trouble(err, self.url) from err
+            raise mapped from err
 
     return stream
