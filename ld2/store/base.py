@@ -289,8 +289,16 @@ class Table(abc.ABC):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        wait: float = 0.0,
+        prefetch: bool = False,
     ) -> Reservation | None:
         """Lease the next trial of the first study these capacities cover, or None.
+
+        `wait` (seconds): with no trial to lease, wait up to this long for a wake-up (a study
+        registered or resumed, a range handed back or reaped) and try again before answering
+        None; an idle worker's long poll instead of a sleep. `prefetch`: the lease is a trial
+        a worker takes ahead, while it still computes another; it is refused (None) when the
+        study has few points left, so that a prefetching worker never starves an idle one.
 
         `lease` (seconds) is this reservation's own lease, for a client that heartbeats;
         None leaves it at the study's trial timeout (lite_dist2's clients never heartbeat).
@@ -316,16 +324,17 @@ class Table(abc.ABC):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        prefetch: bool = False,
     ) -> tuple[Outcome, Reservation | None]:
         """A worker's steady state: register a trial, then reserve the next one.
 
         Implementations may do both in one round trip; the result is the same as calling
-        `register` and then `reserve` (with the same `request_id`).
+        `register` and then `reserve` (with the same `request_id` and `prefetch`).
         """
         outcome = await self.register(trial, values, request_id=request_id)
         nxt = await self.reserve(
             capacities, max_size, trial.worker_id, worker_name, lease=lease,
-            request_id=request_id,
+            request_id=request_id, prefetch=prefetch,
         )  # fmt: skip
         return outcome, nxt
 

@@ -79,6 +79,10 @@ STALE_CLAIM_MS = 60_000
 """A name claimed this long ago by a study that was never created is free again."""
 REPLY_TTL_MS = 300_000
 """How long a reply is remembered for a retry of the same request id (see docs/store.md)."""
+WAKE_ENTRIES = 64
+"""Entries the wake-up stream keeps (a waiting reserve only needs the ones after its mark)."""
+MAX_WAIT = 60.0
+"""Longest `reserve(wait=...)`: a blocked call holds one connection for that long."""
 
 
 def _load_scripts() -> dict[str, str]:
@@ -344,6 +348,7 @@ class RedisTable(Table):
             raise
         await self.index.add(sid, spec.capacities, priority, seq, workable=True)
         self._specs[sid] = spec
+        await self._wake(sid)
         return sid
 
     async def new_study_id(self, spec: StudySpec) -> tuple[str, int]:
@@ -515,9 +520,17 @@ class RedisTable(Table):
         )
         if status is not None and status != b"done":
             caps = (await self.study_spec(sid)).capacities
-            await self.index.add(
-                sid, caps, int(priority or 0), int(seq or 0), workable=status != b"paused"
-            )
+            workable = status != b"paused"
+            await self.index.add(sid, caps, int(priority or 0), int(seq or 0), workable=workable)
+            if workable:
+                await self._wake(sid)
+
+    async def _wake(self, sid: str) -> None:
+        """Tell idle workers (blocked in `reserve(wait=...)`) that `sid` may have work: a
+        study registered or resumed, a range handed back or reaped. One entry in a short
+        global stream that every waiting reserve reads; best effort, as a waiting reserve
+        also looks again when its wait runs out."""
+        await self.client.xadd(self._g("wake"), {"s": sid}, maxlen=WAKE_ENTRIES, approximate=True)
 
     async def cancel(self, study_id: str) -> None:
         if study_id not in self._specs:
@@ -564,17 +577,59 @@ class RedisTable(Table):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        wait: float = 0.0,
+        prefetch: bool = False,
     ) -> Reservation | None:
         check_max_size(max_size)
         lease_ms = _lease_ms(lease)
         rid = _request_id(request_id)
         if not worker_id:
             raise InvalidInput("worker_node_id", "must not be empty")
+        if not 0 <= wait <= MAX_WAIT:
+            raise InvalidInput("wait", f"must be between 0 and {MAX_WAIT:g} seconds")
         retained = frozenset(capacities)
         await self._touch_worker(worker_id, worker_name)
-        cached = self.index.cached(retained)
+        ask = (retained, max_size, worker_id, worker_name, lease_ms, rid, prefetch)
+        if wait <= 0:
+            return await self._reserve_once(*ask)
+        # the stream's last entry before looking: a wake-up after it is never missed
+        deadline = time.monotonic() + wait
+        mark = await self._wake_mark()
+        got = await self._reserve_once(*ask)
+        while got is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            woken = await self.client.xread({self._g("wake"): mark}, count=WAKE_ENTRIES,
+                                            block=max(1, int(left * 1000)))  # fmt: skip
+            if not woken:
+                return None  # nothing woke it: the caller looks again after its own wait
+            mark = woken[0][1][-1][0]
+            got = await self._reserve_once(*ask, fresh=True)
+        return got
+
+    async def _wake_mark(self) -> bytes | str:
+        """The id of the wake stream's last entry (``0-0`` while it has none)."""
+        last = await self.client.xrevrange(self._g("wake"), count=1)
+        return last[0][0] if last else "0-0"
+
+    async def _reserve_once(
+        self,
+        retained: frozenset[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None,
+        lease_ms: int,
+        rid: str | None,
+        prefetch: bool,
+        *,
+        fresh: bool = False,
+    ) -> Reservation | None:
+        """One look through the studies these capacities cover, best first (the cached order,
+        then, if none had a trial, the index read afresh: maybe a study arrived since)."""
+        cached = None if fresh else self.index.cached(retained)
         fresh = cached is None
-        order = await self._candidates(retained) if cached is None else cached
+        order = await self._candidates(retained, fresh=True) if cached is None else cached
         for attempt in range(2):
             if rid is not None and len(order) > 1:
                 order = await self._holder_first(order, rid)
@@ -583,7 +638,9 @@ class RedisTable(Table):
                     size = clamp_max_size(await self.study_spec(sid), max_size)
                 except NotFound:  # gone meanwhile: the script says so and the index forgets it
                     size = max_size
-                got = await self._reserve_in(sid, size, worker_id, worker_name, lease_ms, rid)
+                got = await self._reserve_in(
+                    sid, size, worker_id, worker_name, lease_ms, rid, prefetch
+                )
                 if got is not None:
                     return got
             if fresh or attempt:
@@ -615,8 +672,10 @@ class RedisTable(Table):
         worker_name: str | None,
         lease_ms: int = 0,
         request_id: str | None = None,
+        prefetch: bool = False,
     ) -> Reservation | None:
-        args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers, lease_ms]
+        args = [sid, max_size, _clean(worker_id), _clean(worker_name), self._live_workers,
+                lease_ms, int(prefetch)]  # fmt: skip
         reply = Reply.of(await self._study_call("reserve", sid, args, request_id))
         return await self._reservation(sid, reply, worker_id, worker_name)
 
@@ -708,6 +767,7 @@ class RedisTable(Table):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        prefetch: bool = False,
     ) -> tuple[Outcome, Reservation | None]:
         """Register, then lease the next trial of the same study in the same round trip, as
         long as that study is still the first one these capacities should work on."""
@@ -715,7 +775,7 @@ class RedisTable(Table):
         spec = await self.study_spec(trial.study_id)
         typed = results.coerce(values, spec.value_type, spec.vector, trial.count)
         return await self._register_and_reserve_typed(
-            spec, trial, typed, capacities, max_size, worker_name, lease, rid
+            spec, trial, typed, capacities, max_size, worker_name, lease, rid, prefetch
         )
 
     async def _register_and_reserve_typed(
@@ -728,6 +788,7 @@ class RedisTable(Table):
         worker_name: str | None,
         lease: float | None = None,
         request_id: str | None = None,
+        prefetch: bool = False,
     ) -> tuple[Outcome, Reservation | None]:
         """With a request id, the registration is remembered in the trial's study and the
         reservation in the study it came from (one script call each, or both in cycle.lua); a
@@ -739,7 +800,7 @@ class RedisTable(Table):
             outcome = await self._register_typed(spec, trial, typed, request_id)
             nxt = await self.reserve(
                 capacities, max_size, trial.worker_id, worker_name, lease=lease,
-                request_id=request_id,
+                request_id=request_id, prefetch=prefetch,
             )  # fmt: skip
             return outcome, nxt
         args = [
@@ -750,6 +811,7 @@ class RedisTable(Table):
             _clean(worker_name),
             self._live_workers,
             _lease_ms(lease),
+            int(prefetch),
         ]
         sid = trial.study_id
         raw = await self._study_call("cycle", sid, args, request_id)
@@ -758,7 +820,7 @@ class RedisTable(Table):
         if nxt is None:
             nxt = await self.reserve(
                 capacities, max_size, trial.worker_id, worker_name, lease=lease,
-                request_id=request_id,
+                request_id=request_id, prefetch=prefetch,
             )  # fmt: skip
         return outcome, nxt
 
@@ -789,6 +851,8 @@ class RedisTable(Table):
             raise TrialRejected(reply.word.value, REJECTIONS[reply.word.value])
         if reply.status == "done":
             await self.index.finish(sid)
+        elif mode != "quarantine":
+            await self._wake(sid)
 
     async def reap(self) -> int:
         sids = await self.index.active()
@@ -798,6 +862,8 @@ class RedisTable(Table):
             total += int(n)
             if _s(status) in ("done", ""):
                 finished.append(sid)
+            elif int(n):
+                await self._wake(sid)
         await self.index.finish(*finished)
         return total
 
@@ -810,6 +876,8 @@ class RedisTable(Table):
         for sid in sids:
             n, _status = await self._study_call("release_worker", sid, [wid])
             total += int(n)
+            if int(n):
+                await self._wake(sid)
         return total
 
     # -- reading -----------------------------------------------
@@ -974,3 +1042,5 @@ class RedisTable(Table):
         else:
             workable = h["status"] != "paused"
             await self.index.add(sid, spec.capacities, priority, seq, workable=workable)
+            if workable:
+                await self._wake(sid)

@@ -22,6 +22,7 @@ class Word(StrEnum):
     INACTIVE = "inactive"  # the study is done, paused or cancelled
     UNCHANGED = "unchanged"  # pause of a paused study, resume of a running one
     EMPTY = "empty"  # nothing to lease right now
+    LATER = "later"  # a prefetch refused: the study has few points left waiting
     SKIPPED = "skipped"  # cycle: no reserve after a register (see cycle.lua)
     HELD = "held"  # a name claimed by another study
     SOLVED = "solved"  # retry of a study that already has its answer

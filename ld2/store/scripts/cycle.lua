@@ -1,7 +1,7 @@
 -- A worker's steady state in one round trip: register a trial, then lease the next one of the
 -- same study. Composed after the bodies of register.lua and reserve.lua (see redis.py).
 -- KEYS: as register.lua (with a request id, KEYS[N_CYCLE + 1] its reply key). ARGV: register.lua's 9
--- arguments, then reserve.lua's 6, then (with a request id) the reply's expiry in ms.
+-- arguments, then reserve.lua's 7, then (with a request id) the reply's expiry in ms.
 -- Returns register's reply followed by reserve's (or by {'skipped', status}).
 -- A retry (the id's registration is remembered here) only replays a lease the id holds in this
 -- study: with none here, its first attempt may have leased in another study, where the caller
@@ -12,7 +12,7 @@ local reg_args = {}
 for i = 1, 9 do
   reg_args[i] = ARGV[i]
 end
-reg_args[10] = ARGV[16]
+reg_args[10] = ARGV[17]
 local reply = register_body(KEYS, reg_args)
 if reply[1] ~= 'ok' or reply[2] == 'done' then
   reply[3], reply[4] = 'skipped', reply[2]
@@ -28,7 +28,7 @@ if again then
   replay = 'replay'
 end
 local nxt = reserve_body(res_keys,
-  {ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], replay})
+  {ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], replay})
 for _, v in ipairs(nxt) do
   reply[#reply + 1] = v
 end

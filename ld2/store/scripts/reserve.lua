@@ -1,12 +1,15 @@
 -- Lease the next chunk of one study to a worker.
 -- KEYS: study hash, back, leases, trials, failed
 -- ARGV: study id, max_size, worker id, worker name, live workers (0: unknown),
---       lease ms (0 or absent: the study's trial timeout; a heartbeating worker asks for less)
+--       lease ms (0 or absent: the study's trial timeout; a heartbeating worker asks for less),
 -- With N live workers no trial takes more than the points left / 2N (but at least 16), so that
 -- a worker whose trial size was set by a faster study cannot take the rest while others idle.
--- With a request id: KEYS[N_RESERVE + 1] is its reply key, ARGV[7] the reply's expiry (ms); a lease this
+--       '1' when the lease is a prefetch (a worker's next trial, taken while it computes one):
+--       refused with {'later', status} when the study has few points left waiting, so that a
+--       worker holding two trials never leaves another idle at the end of a study
+-- With a request id: KEYS[N_RESERVE + 1] is its reply key, ARGV[8] the reply's expiry (ms); a lease this
 -- id already holds (leased to this worker, not expired) is answered again, with its current
--- deadline, instead of a second one. ARGV[8] 'replay': only that; else {'skipped', status}.
+-- deadline, instead of a second one. ARGV[9] 'replay': only that; else {'skipped', status}.
 -- Returns {'ok', trial id, start, count, attempt, now, deadline, status} or {reason, status}.
 local k = study_keys(KEYS, N_RESERVE)
 local sid, max_size = ARGV[1], tonumber(ARGV[2])
@@ -16,7 +19,7 @@ local status = f[1]
 if not status then
   return {'missing', ''}
 end
-local reply_key, reply_ttl = KEYS[N_RESERVE + 1], ARGV[7]
+local reply_key, reply_ttl = KEYS[N_RESERVE + 1], ARGV[8]
 if reply_key then
   local old = recall(reply_key, 2)
   if old then
@@ -28,7 +31,7 @@ if reply_key then
       return old
     end
   end
-  if ARGV[8] == 'replay' then
+  if ARGV[9] == 'replay' then
     return {'skipped', status}
   end
 end
@@ -57,6 +60,14 @@ end
 reap_expired(k, now, max_attempts)
 if maybe_complete(k, now) then
   return {'inactive', 'done'}
+end
+if ARGV[7] == '1' and total >= 0 then
+  -- a prefetch only while every trial in flight could still be followed by one of this size
+  local f2 = redis.call('HMGET', k.s, 'done', 'failed', 'reserved')
+  local waiting = total - tonumber(f2[1]) - tonumber(f2[2]) - tonumber(f2[3])
+  if waiting < max_size * (redis.call('ZCARD', k.leases) + 2) then
+    return {'later', status}
+  end
 end
 
 local start, available, attempt = nil, 0, 0
