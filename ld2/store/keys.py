@@ -9,7 +9,7 @@ Lua cannot disagree about which position holds which key.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 STUDY_KEYS = ("s", "back", "leases", "trials", "failed", "res", "done", "events", "best")
 """The study hash; ranges handed back; leases by deadline; trial records; quarantined ranges;
@@ -51,10 +51,10 @@ class StudyKeys:
         return cls(*(f"{prefix}:{{{sid}}}:{name}" for name in STUDY_KEYS))
 
     def all(self) -> list[str]:
-        return list(astuple(self))
+        return [getattr(self, name) for name in STUDY_KEYS]
 
     def for_script(self, script: str) -> list[str]:
-        return self.all()[: SCRIPT_KEYS[script]]
+        return [getattr(self, name) for name in STUDY_KEYS[: SCRIPT_KEYS[script]]]
 
 
 def reply_key(prefix: str, sid: str, request_id: str) -> str:

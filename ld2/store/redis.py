@@ -81,6 +81,8 @@ REPLY_TTL_MS = 300_000
 """How long a reply is remembered for a retry of the same request id (see docs/store.md)."""
 WAKE_ENTRIES = 64
 """Entries the wake-up stream keeps (a waiting reserve only needs the ones after its mark)."""
+WAKE_BLOCK = 2.0
+"""Longest single XREAD of a waiting reserve (it blocks again until its wait is over)."""
 MAX_WAIT = 60.0
 """Longest `reserve(wait=...)`: a blocked call holds one connection for that long."""
 
@@ -599,14 +601,26 @@ class RedisTable(Table):
         while got is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
-            woken = await self.client.xread({self._g("wake"): mark}, count=WAKE_ENTRIES,
-                                            block=max(1, int(left * 1000)))  # fmt: skip
-            if not woken:
                 return None  # nothing woke it: the caller looks again after its own wait
-            mark = woken[0][1][-1][0]
-            got = await self._reserve_once(*ask, fresh=True)
+            block = min(left, self._longest_block())
+            woken = await self.client.xread(
+                {self._g("wake"): mark}, count=WAKE_ENTRIES, block=max(1, int(block * 1000))
+            )
+            if woken:
+                mark = woken[0][1][-1][0]
+                got = await self._reserve_once(*ask, fresh=True)
         return got
+
+    def _longest_block(self) -> float:
+        """Seconds one XREAD may block: well inside the client's socket timeout (redis-py's
+        default is 5 s, and a blocking read does not extend it)."""
+        kwargs: dict[str, Any] = {}
+        with contextlib.suppress(AttributeError):
+            kwargs = self.client.connection_pool.connection_kwargs
+        with contextlib.suppress(AttributeError):
+            kwargs = self.client.nodes_manager.connection_kwargs
+        timeout = kwargs.get("socket_timeout", 5.0)
+        return WAKE_BLOCK if timeout is None else min(WAKE_BLOCK, timeout / 2)
 
     async def _wake_mark(self) -> bytes | str:
         """The id of the wake stream's last entry (``0-0`` while it has none)."""

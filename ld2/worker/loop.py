@@ -1,45 +1,46 @@
-"""The worker: reserve trials, compute them in a persistent process pool, register results.
+"""The worker: reserve trials, compute them in its compute processes, register the results.
 
-Each of `processes` slots runs its own reserve → compute → register loop, so the pool stays
-busy. While a trial computes its lease is extended; a "stop" answer (solved elsewhere,
-cancelled, reissued) abandons it. Runner exceptions are reported as trial failures; Redis or
-network errors are retried with backoff; on stop (SIGTERM/SIGINT) unfinished trials are handed
-back at once without counting an attempt, and the pool's processes are ended.
+Each of `processes` slots runs its own loop with its own compute process
+(`ld2.worker.compute`): while a trial computes, the slot registers the trial before it and
+leases the next one in the same round trip (a *prefetch*), so that the next computation starts
+the moment this one ends, and keeps the leases it holds alive. Near the end of a study the
+store refuses prefetches (a worker holding two trials must not leave another idle); the slot
+then registers and reserves in series. An idle slot waits on the store's wake-up (a study
+registered or resumed, a range handed back) rather than polling, with `idle_wait` as the
+longest wait before it looks again.
 
-Compute processes die with the worker: they take the default SIGTERM (so ending them works),
-ignore SIGINT (Ctrl-C reaches the whole process group; the worker decides) and, on Linux, are
-killed by the kernel when the worker dies (PR_SET_PDEATHSIG), even by SIGKILL. A computation
-longer than the trial limit (`--trial-limit`, else `LIMIT_FACTOR` times what this worker's
-average predicts, at least `LIMIT_FLOOR`) has its process ended and fails the trial.
+A "stop" answer to a heartbeat (solved elsewhere, cancelled, reissued) abandons a trial. Runner
+exceptions are trial failures; Redis or network errors are retried with backoff; on stop
+(SIGTERM/SIGINT) the computations are ended and every trial in hand, the prefetched one
+included, is handed back at once without counting an attempt. A computation longer than the
+trial limit (`--trial-limit`, else `LIMIT_FACTOR` times what this worker's average predicts, at
+least `LIMIT_FLOOR`) has its process ended and fails the trial.
+
+The loop's concurrency is structured (anyio task groups and cancel scopes): the lease keeper
+and the prefetch of a trial live in that trial's task group and never outlive it; a stop
+cancels the scopes of the waits and computations in progress, and hand-backs run shielded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import ctypes
 import logging
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.process
 import os
 import random
-import signal
 import socket
-import sys
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import numpy as np
 
 from ld2.core.errors import BackendUnavailable, NotFound, RunnerMismatch, TrialRejected
 from ld2.core.study import StudySpec
 from ld2.store.base import FailMode, Reservation, Table
 from ld2.worker import runners
+from ld2.worker.compute import ComputeDied, ComputeFailed, ComputeProcess
 from ld2.worker.metrics import WorkerProbe, probe_for
 from ld2.worker.runners import Runner
 
@@ -53,15 +54,15 @@ and quarantines its trials whole: every trial failing is a broken runner, not ba
 halving towards one bad point fails at most log2(trial size) + attempts times in a row)."""
 LIMIT_FACTOR = 20.0
 """Without --trial-limit, a trial may compute this many times as long as this worker's running
-average for the study and runner (seconds per point, times the trial's points) predicts..."""
+average for the study and runner (seconds per point) predicts..."""
 LIMIT_FLOOR = 60.0
 """...but never less than this many seconds (short trials vary a lot)..."""
+LONGEST_WAIT = 30.0
+"""Seconds one reserve of an idle slot may wait for a wake-up (a longer --idle-wait waits in
+steps of this: an HTTP API answers long polls of up to 30 s)."""
 FIRST_LIMIT = 600.0
 """...and, before this worker has computed a trial of the study with that runner (nothing to
 average), this many seconds."""
-GRACE = 1.0
-"""Seconds a compute process has to end after SIGTERM before it is sent SIGKILL."""
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -72,7 +73,7 @@ class WorkerConfig:
     trial_seconds: float = 2.0
     name: str | None = None
     exit_when_idle: float | None = None
-    idle_wait: float = 1.0
+    idle_wait: float = 1.0  # longest wait for a wake-up before an idle slot looks again
     heartbeat_every: float = 10.0
     lease: float | None = 30.0  # this worker's own lease (it heartbeats); None: the study's
     imports: Sequence[str] = ()
@@ -80,6 +81,8 @@ class WorkerConfig:
     trial_limit: float | None = None  # seconds a trial may compute; None: see LIMIT_FACTOR
     metrics_port: int = 0  # serve Prometheus metrics on it while running (0: none)
     metrics_host: str = "127.0.0.1"
+    prefetch: bool = True  # lease a slot's next trial while it computes one
+    summary_every: float = 30.0  # seconds between INFO summaries (trials, points/s)
 
 
 @dataclass
@@ -94,26 +97,12 @@ class WorkerStats:
     durations: list[float] = field(default_factory=list)  # compute seconds of each trial
 
 
-def _init_child(imports: Sequence[str], parent: int) -> None:
-    """Runs first in each pool process (forked from the worker, with its signal handlers)."""
-    signal.set_wakeup_fd(-1)  # the worker's event loop's, inherited
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends a computation
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the worker decides
-    if sys.platform == "linux":
-        # SIGKILL when the thread that forked this process ends: the worker's main thread (the
-        # event loop's, which submits; ProcessPoolExecutor forks all its processes then), so
-        # when the worker exits or is killed
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
-    if os.getppid() != parent:  # the worker died before the prctl: no signal will come
-        os._exit(1)
-    runners.load(imports)
+@dataclass
+class _Hold:
+    """The trials one slot holds: the one it computes and the one it leased ahead."""
 
-
-def _compute(name: str, spec: StudySpec, start: int, count: int) -> np.ndarray:
-    """Runs in a pool process."""
-    return runners.compute(runners.REGISTRY[name], spec, start, count)
+    current: Reservation | None = None
+    ahead: Reservation | None = None
 
 
 class Worker:
@@ -124,111 +113,212 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.name = config.name or self.id
         self.stats = WorkerStats()
-        self._stopping = asyncio.Event()
+        self._stopping = anyio.Event()
+        self._scopes: set[anyio.CancelScope] = set()  # what a stop cancels
         self._sizes: dict[tuple[str, str], int] = {}  # --max-size auto: per study and runner
         self._checked: dict[tuple[str, str], str | None] = {}  # runner/study mismatches
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.fatal: str | None = None  # why a local run had to stop (stop_on_mismatch)
         self._outcomes: dict[str, list[int]] = {}  # per study: [trials computed, trials failed]
         self._worked_at = time.monotonic()  # --exit-when-idle: when a trial last computed
         self._outage_since: float | None = None  # the backend has been unreachable since
         self._gone: set[str] = set()  # studies found deleted while this worker held a trial
         self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
-        # pools ended on purpose (a trial over its limit): their other trials are recomputed
-        self._ended: weakref.WeakSet[concurrent.futures.ProcessPoolExecutor] = weakref.WeakSet()
+        self._lost_reply = False  # a reserve cancelled in flight may have leased unseen
+        self._last_summary = (time.monotonic(), 0, 0)  # when, trials, points
+        self.procs = [ComputeProcess(config.imports) for _ in range(config.processes)]
+        self.ready = anyio.Event()  # set once the compute processes are started
         self.probe: WorkerProbe = probe_for(self)  # metrics (a no-op without a metrics port)
 
     def stop(self) -> None:
         """Finish now: hand unfinished trials back and exit (called from a signal handler)."""
         self._stopping.set()
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     # -- running ---------------------------------------------------------------------------------
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.config.processes,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_init_child,
-            initargs=(tuple(self.config.imports), os.getpid()),
-        )
-
     async def run(self) -> WorkerStats:
         stop_metrics = self.probe.serve()
-        self._pool = self._new_pool()
         t0 = time.monotonic()
-        ender = asyncio.create_task(self._end_on_stop())
+        self._last_summary = (t0, 0, 0)
         try:
-            await asyncio.gather(*(self._slot(k) for k in range(self.config.processes)))
+            for proc in self.procs:  # forked now, after the runner modules were imported
+                proc.start()
+            self.ready.set()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._summaries)
+                async with anyio.create_task_group() as slots:
+                    for k, proc in enumerate(self.procs):
+                        slots.start_soon(self._slot, k, proc)
+                tg.cancel_scope.cancel()
         finally:
-            if self._stopping.is_set():
-                await ender  # it ends the pool's processes (within GRACE)
-            else:  # idle, or an error: end them here (run() may be called again)
-                ender.cancel()
-                await _end_pool(self._pool)
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(10.0):
+                    async with anyio.create_task_group() as ending:
+                        for proc in self.procs:
+                            ending.start_soon(proc.end)
+                if self._lost_reply:  # a lease whose reply never came: give it back too
+                    with anyio.move_on_after(5.0):
+                        try:
+                            await self.table.release_worker(self.id)
+                        except (BackendUnavailable, NotFound) as err:
+                            log.warning("could not release this worker's trials: %s", err)
             self.stats.seconds = time.monotonic() - t0
             stop_metrics()
+        self._summary(final=True)
         return self.stats
 
-    async def _end_on_stop(self) -> None:
-        """On stop, end the pool's processes at once, while the slots hand their trials back:
-        a computation of a handed-back trial must not outlive the worker."""
-        await self._stopping.wait()
-        assert self._pool is not None
-        await _end_pool(self._pool)
+    async def _summaries(self) -> None:
+        """A line at INFO every `summary_every` seconds while trials are computed (each trial
+        is logged at DEBUG)."""
+        while True:
+            await anyio.sleep(self.config.summary_every)
+            self._summary()
 
-    def _replace_pool(self, pool: concurrent.futures.ProcessPoolExecutor) -> bool:
-        """A fresh pool instead of `pool` (broken or to be ended), unless another slot has already
-        replaced it: one rebuild, however many slots see it broken."""
-        if self._pool is not pool or self._stopping.is_set():
-            return False
-        self._pool = self._new_pool()
-        return True
+    def _summary(self, *, final: bool = False) -> None:
+        last = self._last_summary
+        now, trials, points = time.monotonic(), self.stats.trials, self.stats.points
+        self._last_summary = (now, trials, points)
+        if trials == last[1] and not final:
+            return
+        span = max(now - last[0], 1e-9)
+        log.info(
+            "%s%d trials, %d points (%.0f points/s over %.0f s); %d failed, %d handed back",
+            "stopping: " if final else "", trials, points, (points - last[2]) / span, span,
+            self.stats.failures, self.stats.handed_back,
+        )  # fmt: skip
 
-    async def _slot(self, k: int) -> None:
+    async def _slot(self, k: int, proc: ComputeProcess) -> None:
         caps = list(self.runners)
-        res: Reservation | None = None
+        hold = _Hold()
+        finished: tuple[Reservation, np.ndarray] | None = None  # computed, not yet registered
         self._worked_at = time.monotonic()
-        limit = self.config.exit_when_idle
-        while not self._stopping.is_set():
-            self.probe.holding(k, res)
-            if limit is not None and time.monotonic() - self._worked_at >= limit:
-                break
-            if res is None:
-                res = await self._retry(
-                    self.table.reserve, caps, self._size_for(None), self.id, self.name,
-                    lease=self.config.lease, request_id=uuid.uuid4().hex,
-                )  # fmt: skip
-                self.probe.holding(k, res)
-                if res is None:
-                    await self._sleep(self.config.idle_wait)
+        try:
+            while not self.stopping:
+                if hold.current is None:
+                    hold.current, hold.ahead = hold.ahead, None
+                if hold.current is None and finished is not None:  # no prefetch: in series
+                    hold.current = await self._settle(finished, caps, prefetch=False)
+                    finished = None
                     continue
-            values = await self._compute(res)
-            if values is None:
-                res = None
-                continue
-            done = res
-            size = self._size_for(done)
-            try:
-                _, res = await self._retry(
-                    self.table.register_and_reserve, done, values, caps, size, self.name,
-                    lease=self.config.lease, request_id=uuid.uuid4().hex,
-                )  # fmt: skip
-            except NotFound:
-                if done.study_id not in self._gone:  # said once per study, not per trial
-                    self._gone.add(done.study_id)
-                    log.warning(
-                        "study %s no longer exists (deleted or cancelled, or Redis lost its "
-                        "data): its work is dropped; serving the other studies",
-                        done.spec.name or done.study_id,
-                    )
-                res = None
-            except TrialRejected as err:
-                log.warning("trial %s not registered: %s", done.trial_id, err)
-                res = None
-        if res is not None:  # reserved with the last registration, never started
-            await self._hand_back(res, "worker stopped", "release")
-        self.probe.holding(k, None)
+                if hold.current is None:
+                    self.probe.holding(k, None)
+                    if not await self._idle(hold, caps):
+                        break
+                    continue
+                res = hold.current
+                self.probe.holding(k, res)
+                async with anyio.create_task_group() as tg:
+                    if finished is not None:
+                        tg.start_soon(self._settle_ahead, finished, caps, hold)
+                        finished = None
+                    elif self.config.prefetch and hold.ahead is None:
+                        tg.start_soon(self._reserve_ahead, caps, res, hold)
+                    values = await self._compute(res, proc, hold)
+                hold.current = None
+                if values is not None:
+                    finished = (res, values)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if finished is not None:  # computed: its results are kept
+                    await self._settle(finished, caps, prefetch=False, reserve=False)
+                for held in (hold.current, hold.ahead):
+                    if held is not None:
+                        await self._hand_back(held, "worker stopped", "release")
+                        self.stats.handed_back += 1
+            self.probe.holding(k, None)
 
-    async def _compute(self, res: Reservation) -> np.ndarray | None:
+    async def _idle(self, hold: _Hold, caps: list[str]) -> bool:
+        """Wait for a trial (the store's wake-up, at most `idle_wait` at a time); False when
+        the worker should end (stopping, or idle for `exit_when_idle`)."""
+        limit = self.config.exit_when_idle
+        wait = min(self.config.idle_wait, LONGEST_WAIT)
+        if limit is not None:
+            left = limit - (time.monotonic() - self._worked_at)
+            if left <= 0:
+                return False
+            wait = min(wait, left)
+        got = await self._stoppable(
+            self.table.reserve, caps, self._size_for(None), self.id, self.name,
+            lease=self.config.lease, request_id=uuid.uuid4().hex, wait=max(wait, 0.001),
+        )  # fmt: skip
+        hold.current = got
+        return not self.stopping
+
+    async def _stoppable(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T | None:
+        """`fn` (a reserve) through `_retry`, cancelled by a stop (then None; a lease its lost
+        reply may have granted is released when the worker ends)."""
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                if self.stopping:
+                    scope.cancel()
+                return await self._retry(fn, *args, **kwargs)
+            finally:
+                self._scopes.discard(scope)
+        self._lost_reply = True
+        return None
+
+    async def _reserve_ahead(self, caps: list[str], res: Reservation, hold: _Hold) -> None:
+        """Lease the slot's next trial while `res` computes (refused near a study's end)."""
+        hold.ahead = await self._stoppable(
+            self.table.reserve, caps, self._size_for(res), self.id, self.name,
+            lease=self.config.lease, request_id=uuid.uuid4().hex, prefetch=True,
+        )  # fmt: skip
+
+    async def _settle_ahead(
+        self, finished: tuple[Reservation, np.ndarray], caps: list[str], hold: _Hold
+    ) -> None:
+        hold.ahead = await self._settle(finished, caps, prefetch=self.config.prefetch)
+
+    async def _settle(
+        self,
+        finished: tuple[Reservation, np.ndarray],
+        caps: list[str],
+        *,
+        prefetch: bool,
+        reserve: bool = True,
+    ) -> Reservation | None:
+        """Register a computed trial (never cancelled: results are kept through a stop) and,
+        with `reserve`, lease the next trial in the same round trip."""
+        done, values = finished
+        try:
+            with anyio.CancelScope(shield=True):
+                if not reserve or self.stopping:
+                    await self._retry(
+                        self.table.register, done, values, request_id=uuid.uuid4().hex
+                    )
+                    return None
+                _, nxt = await self._retry(
+                    self.table.register_and_reserve, done, values, caps, self._size_for(done),
+                    self.name, lease=self.config.lease, request_id=uuid.uuid4().hex,
+                    prefetch=prefetch,
+                )  # fmt: skip
+                return nxt
+        except NotFound:
+            if done.study_id not in self._gone:  # said once per study, not per trial
+                self._gone.add(done.study_id)
+                log.warning(
+                    "study %s no longer exists (deleted or cancelled, or Redis lost its "
+                    "data): its work is dropped; serving the other studies",
+                    done.spec.name or done.study_id,
+                )
+        except TrialRejected as err:
+            log.warning("trial %s not registered: %s", done.trial_id, err)
+        except BackendUnavailable as err:  # only while stopping (else retried for ever)
+            log.warning("trial %s not registered before the worker stopped: %s", done.trial_id, err)
+        return None
+
+    async def _compute(
+        self, res: Reservation, proc: ComputeProcess, hold: _Hold
+    ) -> np.ndarray | None:
+        """Compute `res` in the slot's process while keeping the slot's leases; None when the
+        trial ended otherwise (failed, handed back, abandoned: each dealt with here)."""
         run = self._runner_for(res.spec)
         if run is None:  # no runner, or several, named; and this worker serves several
             named = sorted(c for c in res.spec.capacities if c in self.runners)
@@ -253,73 +343,47 @@ class Worker:
                 self.fatal = mismatch
                 self.stop()
             return None
-        loop = asyncio.get_running_loop()
         limit = self._limit_for(res)
-        lease = asyncio.create_task(self._keep_lease(res))
-        stop = asyncio.create_task(self._stopping.wait())
-        pool = self._pool
-        future: asyncio.Future[np.ndarray] | None = None
-        try:
-            while not self._stopping.is_set():  # (it may have come with the reservation)
-                pool = self._pool
-                assert pool is not None
-                t0 = self._worked_at = time.monotonic()  # computing (even failing) is not idle
-                try:
-                    future = loop.run_in_executor(
-                        pool, _compute, run.name, res.spec, res.start, res.count
-                    )
-                except concurrent.futures.process.BrokenProcessPool:
-                    self._replace_pool(pool)  # broken before a slot has seen it
-                    continue
-                waiting: set[asyncio.Future[Any]] = {future, lease, stop}
-                await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-                if pool in self._ended and _broken(future) and not self._stopping.is_set():
-                    log.info("trial %s: computed again in a fresh pool", res.trial_id)
-                    continue  # another trial's process was ended: this one is not at fault
-                break
-        finally:
-            lease.cancel()
-            stop.cancel()
-        if (
-            future is None
-            or future.cancelled()  # its pool ended before it started: not this trial's fault
-            or (self._stopping.is_set() and (not future.done() or _broken(future)))
-        ):
-            if future is not None:
-                future.cancel()  # (the computation itself is ended with the pool)
+        told_stop: list[bool] = []
+        error: str | None = None
+        values: np.ndarray | None = None
+        t0 = self._worked_at = time.monotonic()  # computing (even failing) is not idle
+        with anyio.CancelScope() as scope:  # cancelled by a stop, or a "stop" heartbeat answer
+            self._scopes.add(scope)
+            if self.stopping:  # (it may have come with the reservation)
+                scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_leases, hold, scope, told_stop)
+                    with anyio.move_on_after(limit) as timer:
+                        try:
+                            values = await proc.compute(
+                                run.name, res.study_id, res.spec, res.start, res.count
+                            )
+                        except ComputeFailed as err:  # the runner's own error
+                            error = str(err)
+                        except ComputeDied as err:  # a runner killed its process
+                            error = f"ComputeDied: {err}"
+                    tg.cancel_scope.cancel()
+            finally:
+                self._scopes.discard(scope)
+        if told_stop:
+            log.info("trial %s abandoned: the table answered stop", res.trial_id)
+            self.stats.abandoned += 1
+            return None
+        if values is None and error is None and self.stopping:
             await self._hand_back(res, "worker stopped", "release")
             self.stats.handed_back += 1
             return None
-        if not future.done():
-            future.cancel()
-            if lease.done():
-                log.info("trial %s abandoned: the table answered stop", res.trial_id)
-                self.stats.abandoned += 1
-                # its computation would go on in the pool, and the next trial wait behind it
-                # (and be blamed for the time): end it with its pool, as for a hung runner
-                assert pool is not None
-                self._ended.add(pool)
-                self._replace_pool(pool)
-                await _end_pool(pool)
-                return None
-            # over the limit: a hung runner must not hold its range (heartbeats renew it)
+        if timer.cancelled_caught:  # a hung runner must not hold its range (heartbeats renew it)
             log.warning(
-                "trial %s: computation exceeded %.1f s; ending its process and restarting the "
-                "pool (--trial-limit sets the limit)", res.trial_id, limit,
+                "trial %s: computation exceeded %.1f s; its compute process was ended "
+                "(--trial-limit sets the limit)", res.trial_id, limit,
             )  # fmt: skip
-            assert pool is not None
-            self._ended.add(pool)  # before any await: its other trials are computed again
-            self._replace_pool(pool)
-            await _end_pool(pool)
             await self._failed(res, f"TrialTimeout: computation exceeded {limit:.1f} s")
             return None
-        try:
-            values = future.result()
-        except Exception as err:  # the runner's own error: a failure of this trial
-            if isinstance(err, concurrent.futures.process.BrokenProcessPool):
-                assert pool is not None
-                self._replace_pool(pool)  # a runner killed its process: start afresh
-            await self._failed(res, f"{type(err).__name__}: {err}")
+        if error is not None or values is None:
+            await self._failed(res, error or "no values")
             return None
         elapsed = time.monotonic() - t0
         self.probe.computed(elapsed)
@@ -332,15 +396,40 @@ class Worker:
         self.stats.points += res.count
         self.stats.sizes.append(res.count)
         self.stats.durations.append(elapsed)
-        log.info(
-            "trial %s: %d points in %.3f s (%.0f points/s)",
-            res.trial_id,
-            res.count,
-            elapsed,
-            res.count / elapsed if elapsed > 0 else float("inf"),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "trial %s: %d points in %.3f s (%.0f points/s)", res.trial_id, res.count,
+                elapsed, res.count / elapsed if elapsed > 0 else float("inf"),
+            )  # fmt: skip
         self._adapt(res, elapsed)
         return values
+
+    async def _keep_leases(
+        self, hold: _Hold, scope: anyio.CancelScope, told_stop: list[bool]
+    ) -> None:
+        """Extend the leases of the slot's trials until cancelled; a "stop" answer for the one
+        computing cancels its computation, for the one leased ahead drops it.
+
+        Heartbeats come every `heartbeat_every` seconds, or a third of the lease if shorter."""
+        res = hold.current
+        assert res is not None
+        lease = (res.deadline - res.reserved_at).total_seconds()
+        every = min(self.config.heartbeat_every, max(0.2, lease / 3))
+        while True:
+            await anyio.sleep(every)
+            if await self._retry(self.table.heartbeat, res.trial_id, self.id) == "stop":
+                told_stop.append(True)
+                scope.cancel()
+                return
+            ahead = hold.ahead
+            if (
+                ahead is not None
+                and await self._retry(self.table.heartbeat, ahead.trial_id, self.id) == "stop"
+            ):
+                if hold.ahead is ahead:
+                    hold.ahead = None
+                log.info("trial %s (leased ahead) dropped: the table answered stop",
+                             ahead.trial_id)  # fmt: skip
 
     async def _failed(self, res: Reservation, what: str) -> None:
         """The trial failed (its runner raised, crashed or overran the limit): hand it back."""
@@ -425,18 +514,6 @@ class Worker:
         target = int(rate * self.config.trial_seconds)
         self._sizes[key] = max(1, min(10_000_000, max(size // 4, min(target, size * 4))))
 
-    async def _keep_lease(self, res: Reservation) -> None:
-        """Extend the lease until cancelled; return (ending the wait) on a "stop" answer.
-
-        Heartbeats come every `heartbeat_every` seconds, or a third of the lease if shorter."""
-        lease = (res.deadline - res.reserved_at).total_seconds()
-        every = min(self.config.heartbeat_every, max(0.2, lease / 3))
-        while True:
-            await asyncio.sleep(every)
-            answer = await self._retry(self.table.heartbeat, res.trial_id, self.id)
-            if answer == "stop":
-                return
-
     async def _hand_back(self, res: Reservation, error: str, mode: FailMode) -> None:
         try:
             await self.table.fail(res.trial_id, self.id, error, mode=mode)
@@ -471,53 +548,5 @@ class Worker:
             return result
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-
-
-def _broken(future: asyncio.Future[Any]) -> bool:
-    """Whether the computation ended with its pool: a process of the pool died, or the pool was
-    ended before the computation started (cancelled)."""
-    if not future.done():
-        return False
-    return future.cancelled() or isinstance(
-        future.exception(), concurrent.futures.process.BrokenProcessPool
-    )
-
-
-def _running(
-    procs: Sequence[multiprocessing.process.BaseProcess],
-) -> list[multiprocessing.process.BaseProcess]:
-    """The processes not yet ended (their sentinels are not ready; nothing is reaped here)."""
-    alive = []
-    for proc in procs:
-        try:
-            if not multiprocessing.connection.wait([proc.sentinel], timeout=0):
-                alive.append(proc)
-        except (ValueError, OSError):  # closed: ended
-            continue
-    return alive
-
-
-async def _end_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """End the pool's processes: SIGTERM, then SIGKILL to those still there after GRACE seconds
-    (ProcessPoolExecutor has no public way to end a running computation until Python 3.14)."""
-    procs: list[multiprocessing.process.BaseProcess] = list(
-        (getattr(pool, "_processes", None) or {}).values()
-    )
-    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
-    try:
-        deadline = time.monotonic() + GRACE
-        while _running(procs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-    finally:
-        for proc in _running(procs):
-            proc.kill()
-        if manager is not None:  # let it close its wakeup pipe now: Python 3.11's exit hook
-            # writes to that pipe without a lock, racing a close ("OSError: [Errno 9]" at exit)
-            await asyncio.to_thread(manager.join, GRACE)
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()

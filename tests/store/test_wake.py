@@ -178,3 +178,17 @@ async def test_an_infinite_study_always_prefetches(redis_table: RedisTable) -> N
     )
     for n in range(8):
         assert await redis_table.reserve([], 10, f"w{n}", prefetch=True) is not None
+
+
+async def test_a_wait_longer_than_the_socket_timeout_is_no_outage(
+    private_redis_url: str | None,
+) -> None:
+    """redis-py gives up on a read after its socket timeout, blocking commands included: a
+    waiting reserve blocks in steps well inside it."""
+    if private_redis_url is None:
+        pytest.skip("redis-server is not installed")
+    table = RedisTable.from_url(f"{private_redis_url}?socket_timeout=0.3", prefix="short")
+    try:
+        assert await table.reserve([], 5, "idle", wait=1.0) is None
+    finally:
+        await table.close()
