@@ -26,9 +26,11 @@ class EmbeddedTable(RedisTable):
     def __init__(self, server: EmbeddedServer, **kwargs: Any) -> None:
         import redis.asyncio as aioredis
 
+        from ld2.store.packing import pack_fast
+
         self.server = server
         url = server.start()
-        super().__init__(aioredis.Redis.from_url(url), url=url, **kwargs)
+        super().__init__(pack_fast(aioredis.Redis.from_url(url)), url=url, **kwargs)
 
     async def close(self) -> None:
         try:

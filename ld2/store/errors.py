@@ -87,7 +87,7 @@ def mapped(cls: type[T]) -> type[T]:
     """Route every Redis error of every public call (coroutines and result streams) through
     `unavailable`, so no redis-py exception ever escapes the store."""
     for name, fn in list(vars(cls).items()):
-        if name.startswith("__") or name == "_connect" or not callable(fn):
+        if name.startswith("_") or not callable(fn):  # private ones run inside public ones
             continue
         if inspect.iscoroutinefunction(fn):
             setattr(cls, name, _map_coroutine(fn))

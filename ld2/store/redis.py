@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     RedisClusterException,
@@ -66,6 +67,7 @@ from ld2.store.base import (
 from ld2.store.errors import TRANSIENT, cluster_trouble, mapped
 from ld2.store.index import StudyIndex
 from ld2.store.keys import StudyKeys, global_key, lua_prelude, reply_key
+from ld2.store.packing import fast, pack_fast
 from ld2.store.replies import Lease, Reply, Word
 
 _SCRIPTS = (
@@ -121,11 +123,14 @@ free one, so a call past them is `BackendUnavailable` (retried)."""
 def _single(url: str, options: dict[str, Any]) -> aioredis.Redis:
     options = {"max_connections": MAX_CONNECTIONS} | options
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=20, **options)
-    return aioredis.Redis(connection_pool=pool)
+    return pack_fast(aioredis.Redis(connection_pool=pool))
 
 
 def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
-    return RedisCluster.from_url(url, **({"max_connections": MAX_CLUSTER_CONNECTIONS} | options))
+    options = {"max_connections": MAX_CLUSTER_CONNECTIONS} | options
+    if not url.startswith("rediss://"):  # (TLS takes redis-py's own SSL connection class)
+        options.setdefault("connection_class", fast(Connection))
+    return RedisCluster.from_url(url, **options)
 
 
 def _s(value: bytes | str | None) -> str | None:
