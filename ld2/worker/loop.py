@@ -99,10 +99,13 @@ class WorkerStats:
 
 @dataclass
 class _Hold:
-    """The trials one slot holds: the one it computes and the one it leased ahead."""
+    """The trials one slot holds: the one it computes and the one it leased ahead; the scope
+    of the computation in progress, and the trial the table said to abandon."""
 
     current: Reservation | None = None
     ahead: Reservation | None = None
+    computing: anyio.CancelScope | None = None
+    abandoned: Reservation | None = None
 
 
 class Worker:
@@ -123,7 +126,7 @@ class Worker:
         self._outage_since: float | None = None  # the backend has been unreachable since
         self._gone: set[str] = set()  # studies found deleted while this worker held a trial
         self._timing: dict[tuple[str, str], list[float]] = {}  # per study, runner: [s, points]
-        self._lost_reply = False  # a reserve cancelled in flight may have leased unseen
+        self._unanswered: list[dict[str, Any]] = []  # reserves a stop cut short (see _reserve)
         self._last_summary = (time.monotonic(), 0, 0)  # when, trials, points
         self.procs = [ComputeProcess(config.imports) for _ in range(config.processes)]
         self.ready = anyio.Event()  # set once the compute processes are started
@@ -160,12 +163,8 @@ class Worker:
                     async with anyio.create_task_group() as ending:
                         for proc in self.procs:
                             ending.start_soon(proc.end)
-                if self._lost_reply:  # a lease whose reply never came: give it back too
-                    with anyio.move_on_after(5.0):
-                        try:
-                            await self.table.release_worker(self.id)
-                        except (BackendUnavailable, NotFound) as err:
-                            log.warning("could not release this worker's trials: %s", err)
+                with anyio.move_on_after(5.0):
+                    await self._release_unanswered()
             self.stats.seconds = time.monotonic() - t0
             stop_metrics()
         self._summary(final=True)
@@ -192,8 +191,17 @@ class Worker:
         )  # fmt: skip
 
     async def _slot(self, k: int, proc: ComputeProcess) -> None:
-        caps = list(self.runners)
+        """One compute slot: its trial loop, and beside it the keeper of its leases."""
         hold = _Hold()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_leases, hold)
+            try:
+                await self._trials(k, proc, hold)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _trials(self, k: int, proc: ComputeProcess, hold: _Hold) -> None:
+        caps = list(self.runners)
         finished: tuple[Reservation, np.ndarray] | None = None  # computed, not yet registered
         self._worked_at = time.monotonic()
         try:
@@ -241,35 +249,42 @@ class Worker:
             if left <= 0:
                 return False
             wait = min(wait, left)
-        got = await self._stoppable(
-            self.table.reserve, caps, self._size_for(None), self.id, self.name,
-            lease=self.config.lease, request_id=uuid.uuid4().hex, wait=max(wait, 0.001),
-        )  # fmt: skip
-        hold.current = got
+        hold.current = await self._reserve(caps, self._size_for(None), wait=max(wait, 0.001))
         return not self.stopping
 
-    async def _stoppable(
-        self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
-    ) -> T | None:
-        """`fn` (a reserve) through `_retry`, cancelled by a stop (then None; a lease its lost
-        reply may have granted is released when the worker ends)."""
+    async def _reserve(self, caps: list[str], size: int, **options: Any) -> Reservation | None:
+        """A reserve (through `_retry`) that a stop cuts short: then None, and the call is
+        remembered so that, when the worker ends, the same request id asks again — the store
+        answers a lease its lost reply granted with that lease — and what it gets is handed
+        back."""
+        ask = {"lease": self.config.lease, "request_id": uuid.uuid4().hex, **options}
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
                 if self.stopping:
                     scope.cancel()
-                return await self._retry(fn, *args, **kwargs)
+                return await self._retry(self.table.reserve, caps, size, self.id, self.name, **ask)
             finally:
                 self._scopes.discard(scope)
-        self._lost_reply = True
+        self._unanswered.append({"caps": caps, "size": size, **ask, "wait": 0.0})
         return None
+
+    async def _release_unanswered(self) -> None:
+        for call in self._unanswered:
+            options = dict(call)
+            caps, size = options.pop("caps"), options.pop("size")
+            try:
+                res = await self.table.reserve(caps, size, self.id, self.name, **options)
+            except (BackendUnavailable, NotFound) as err:
+                log.warning("could not check a reserve cut short by the stop: %s", err)
+                return
+            if res is not None:
+                await self._hand_back(res, "worker stopped", "release")
+        self._unanswered.clear()
 
     async def _reserve_ahead(self, caps: list[str], res: Reservation, hold: _Hold) -> None:
         """Lease the slot's next trial while `res` computes (refused near a study's end)."""
-        hold.ahead = await self._stoppable(
-            self.table.reserve, caps, self._size_for(res), self.id, self.name,
-            lease=self.config.lease, request_id=uuid.uuid4().hex, prefetch=True,
-        )  # fmt: skip
+        hold.ahead = await self._reserve(caps, self._size_for(res), prefetch=True)
 
     async def _settle_ahead(
         self, finished: tuple[Reservation, np.ndarray], caps: list[str], hold: _Hold
@@ -343,31 +358,29 @@ class Worker:
                 self.fatal = mismatch
                 self.stop()
             return None
+        if hold.abandoned is res:  # told to before it started
+            self.stats.abandoned += 1
+            return None
         limit = self._limit_for(res)
-        told_stop: list[bool] = []
         error: str | None = None
         values: np.ndarray | None = None
         t0 = self._worked_at = time.monotonic()  # computing (even failing) is not idle
-        with anyio.CancelScope() as scope:  # cancelled by a stop, or a "stop" heartbeat answer
+        # ended by the limit (its deadline), a stop, or a "stop" answer to a heartbeat
+        with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
+            hold.computing = scope
             self._scopes.add(scope)
             if self.stopping:  # (it may have come with the reservation)
                 scope.cancel()
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._keep_leases, hold, scope, told_stop)
-                    with anyio.move_on_after(limit) as timer:
-                        try:
-                            values = await proc.compute(
-                                run.name, res.study_id, res.spec, res.start, res.count
-                            )
-                        except ComputeFailed as err:  # the runner's own error
-                            error = str(err)
-                        except ComputeDied as err:  # a runner killed its process
-                            error = f"ComputeDied: {err}"
-                    tg.cancel_scope.cancel()
+                values = await proc.compute(run.name, res.study_id, res.spec, res.start, res.count)
+            except ComputeFailed as err:  # the runner's own error
+                error = str(err)
+            except ComputeDied as err:  # a runner killed its process
+                error = f"ComputeDied: {err}"
             finally:
                 self._scopes.discard(scope)
-        if told_stop:
+                hold.computing = None
+        if hold.abandoned is res:
             log.info("trial %s abandoned: the table answered stop", res.trial_id)
             self.stats.abandoned += 1
             return None
@@ -375,7 +388,7 @@ class Worker:
             await self._hand_back(res, "worker stopped", "release")
             self.stats.handed_back += 1
             return None
-        if timer.cancelled_caught:  # a hung runner must not hold its range (heartbeats renew it)
+        if scope.cancelled_caught:  # over the limit: a hung runner must not hold its range
             log.warning(
                 "trial %s: computation exceeded %.1f s; its compute process was ended "
                 "(--trial-limit sets the limit)", res.trial_id, limit,
@@ -404,32 +417,36 @@ class Worker:
         self._adapt(res, elapsed)
         return values
 
-    async def _keep_leases(
-        self, hold: _Hold, scope: anyio.CancelScope, told_stop: list[bool]
-    ) -> None:
-        """Extend the leases of the slot's trials until cancelled; a "stop" answer for the one
-        computing cancels its computation, for the one leased ahead drops it.
+    async def _keep_leases(self, hold: _Hold) -> None:
+        """Extend the leases of the slot's trials (while the slot lives); a "stop" answer for
+        the one computing ends its computation, for the one leased ahead drops it.
 
-        Heartbeats come every `heartbeat_every` seconds, or a third of the lease if shorter."""
-        res = hold.current
-        assert res is not None
-        lease = (res.deadline - res.reserved_at).total_seconds()
-        every = min(self.config.heartbeat_every, max(0.2, lease / 3))
+        Each trial is heartbeaten every `heartbeat_every` seconds, or a third of its lease if
+        shorter, from when this keeper first sees it (short trials never are)."""
+        seen: dict[str, float] = {}  # trial id -> when last heartbeaten (or first seen)
         while True:
-            await anyio.sleep(every)
-            if await self._retry(self.table.heartbeat, res.trial_id, self.id) == "stop":
-                told_stop.append(True)
-                scope.cancel()
-                return
-            ahead = hold.ahead
-            if (
-                ahead is not None
-                and await self._retry(self.table.heartbeat, ahead.trial_id, self.id) == "stop"
-            ):
-                if hold.ahead is ahead:
+            held = [res for res in (hold.current, hold.ahead) if res is not None]
+            await anyio.sleep(min([0.5, *(self._beat_every(res) / 2 for res in held)]))
+            now = time.monotonic()
+            seen = {res.trial_id: seen.get(res.trial_id, now) for res in held}
+            for res in held:
+                if now - seen[res.trial_id] < self._beat_every(res):
+                    continue
+                seen[res.trial_id] = now
+                if await self._retry(self.table.heartbeat, res.trial_id, self.id) != "stop":
+                    continue
+                if res is hold.current:
+                    hold.abandoned = res
+                    if hold.computing is not None:
+                        hold.computing.cancel()
+                elif res is hold.ahead:
                     hold.ahead = None
-                log.info("trial %s (leased ahead) dropped: the table answered stop",
-                             ahead.trial_id)  # fmt: skip
+                    log.info("trial %s (leased ahead) dropped: the table answered stop",
+                             res.trial_id)  # fmt: skip
+
+    def _beat_every(self, res: Reservation) -> float:
+        lease = (res.deadline - res.reserved_at).total_seconds()
+        return min(self.config.heartbeat_every, max(0.2, lease / 3))
 
     async def _failed(self, res: Reservation, what: str) -> None:
         """The trial failed (its runner raised, crashed or overran the limit): hand it back."""

@@ -202,3 +202,36 @@ async def _seen(table: RedisTable) -> bool:
 
 async def _done(table: RedisTable, sid: str) -> bool:
     return (await table.get_study(sid)).status == "done"
+
+
+async def test_a_reserve_cut_short_by_a_stop_leaves_no_lease_behind(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store leased a trial but the reply never arrived before the stop: the worker asks
+    again with the same request id when it ends, gets that lease, and hands it back."""
+    module = _module(tmp_path, monkeypatch, seconds=0.0)
+    async with make_table(request, "valkey") as table:
+        sid = await table.register_study(registry([int_axis("x", 30)], capacity=["slow"]))
+        granted = asyncio.Event()
+        real = table.reserve
+
+        async def reply_lost(*args: Any, **kwargs: Any) -> Any:
+            got = await real(*args, **kwargs)
+            if not granted.is_set():
+                granted.set()
+                await anyio.sleep_forever()  # the reply never comes
+            return got
+
+        monkeypatch.setattr(table, "reserve", reply_lost)
+        worker = _worker(table, module, max_size=10, exit_when_idle=None)
+        task = asyncio.create_task(worker.run())
+        with anyio.fail_after(BOUND):
+            await granted.wait()
+        assert (await table.get_study(sid)).reserved == 10
+        worker.stop()
+        with anyio.fail_after(BOUND):
+            await task
+        state = await table.get_study(sid)
+        assert (state.reserved, state.done, state.failed) == (0, 0, 0)
+        back = await table.reserve(["slow"], 10, "other")
+        assert back is not None and (back.start, back.attempt) == (0, 0)
