@@ -33,11 +33,12 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
+import anyio
 import numpy as np
 
 from ld2 import summary
@@ -219,8 +220,12 @@ async def wait_for(
     progress: bool = True,
     console: Console | None = None,
     timeout: float | None = None,
+    wake: Callable[[StudyState], Awaitable[None]] | None = None,
 ) -> StudyState:
     """Poll the study every `every` seconds until it is done; returns its final state.
+
+    `wake(state)`, if given, may end a wait early: it returns when the study may be done (a
+    local worker that registered every point still open in `state`).
 
     With `progress`, a rich progress bar (on `console`, else rich's own: a terminal or a
     notebook). A study that vanishes is a `NotFound`; an unreachable backend is waited out
@@ -294,7 +299,11 @@ async def wait_for(
             late = overdue()
             if late is not None:
                 raise late
-            await pause(every)
+            if wake is None:
+                await pause(every)
+            else:
+                with anyio.move_on_after(every):
+                    await wake(state)
 
 
 @contextlib.contextmanager
@@ -323,9 +332,24 @@ async def compute_locally(
     called), a timeout, or the caller cancelled (Ctrl-C in a notebook) — the worker is
     stopped: trials in hand are handed back and its processes ended before this returns.
     A study that vanished, or the timeout, is raised."""
+    rounds = worker.idle_rounds
+
+    async def landed(state: StudyState) -> None:  # every slot idle again: maybe done
+        nonlocal rounds
+        await worker.wait_idle(rounds)
+        rounds = worker.idle_rounds
+
     work = asyncio.create_task(worker.run())
     waiting = asyncio.create_task(
-        wait_for(table, study_id, every=every, progress=progress, console=console, timeout=timeout)
+        wait_for(
+            table,
+            study_id,
+            every=every,
+            progress=progress,
+            console=console,
+            timeout=timeout,
+            wake=landed,
+        )
     )
     try:
         await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)

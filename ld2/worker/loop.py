@@ -129,7 +129,9 @@ class Worker:
         self._unanswered: list[dict[str, Any]] = []  # reserves a stop cut short (see _reserve)
         self._last_summary = (time.monotonic(), 0, 0)  # when, trials, points
         self.procs = [ComputeProcess(config.imports) for _ in range(config.processes)]
-        self.ready = anyio.Event()  # set once the compute processes are started
+        self.idle_rounds = 0  # times every slot became idle (see wait_idle)
+        self._idle_slots = 0
+        self._all_idle = anyio.Event()  # set (and replaced) when idle_rounds grows
         self.probe: WorkerProbe = probe_for(self)  # metrics (a no-op without a metrics port)
 
     def stop(self) -> None:
@@ -148,9 +150,7 @@ class Worker:
         t0 = time.monotonic()
         self._last_summary = (t0, 0, 0)
         try:
-            for proc in self.procs:  # forked now, after the runner modules were imported
-                proc.start()
-            self.ready.set()
+            self.prepare()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._summaries)
                 async with anyio.create_task_group() as slots:
@@ -158,17 +158,35 @@ class Worker:
                         slots.start_soon(self._slot, k, proc)
                 tg.cancel_scope.cancel()
         finally:
+            await self.end()
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(10.0):
-                    async with anyio.create_task_group() as ending:
-                        for proc in self.procs:
-                            ending.start_soon(proc.end)
                 with anyio.move_on_after(5.0):
                     await self._release_unanswered()
             self.stats.seconds = time.monotonic() - t0
             stop_metrics()
         self._summary(final=True)
         return self.stats
+
+    def prepare(self) -> None:
+        """Fork the compute processes now (after the runner modules were imported), so that a
+        study submitted next is computed at once; `run` does it if this was not called. Ended by
+        `run`, or by `end` if `run` is not called after all."""
+        for proc in self.procs:
+            proc.start()
+
+    async def end(self) -> None:
+        """End the compute processes (what `run` does when it returns)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10.0):
+            async with anyio.create_task_group() as ending:
+                for proc in self.procs:
+                    ending.start_soon(proc.end)
+
+    async def wait_idle(self, after: int) -> None:
+        """Return once every slot has become idle more than `after` times (`idle_rounds`):
+        whatever a slot registered came before, so a local run learns that its study may be
+        done the moment its last trial lands, not at its next poll."""
+        while self.idle_rounds <= after:
+            await self._all_idle.wait()
 
     async def _summaries(self) -> None:
         """A line at INFO every `summary_every` seconds while trials are computed (each trial
@@ -249,7 +267,15 @@ class Worker:
             if left <= 0:
                 return False
             wait = min(wait, left)
-        hold.current = await self._reserve(caps, self._size_for(None), wait=max(wait, 0.001))
+        self._idle_slots += 1
+        if self._idle_slots == len(self.procs):
+            self.idle_rounds += 1
+            self._all_idle.set()
+            self._all_idle = anyio.Event()
+        try:
+            hold.current = await self._reserve(caps, self._size_for(None), wait=max(wait, 0.001))
+        finally:
+            self._idle_slots -= 1
         return not self.stopping
 
     async def _reserve(self, caps: list[str], size: int, **options: Any) -> Reservation | None:
