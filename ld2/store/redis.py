@@ -165,7 +165,10 @@ def _lease_ms(lease: float | None) -> int:
 def _request_id(request_id: str | None) -> str | None:
     """A client's request id (``Idempotency-Key``): 1 to 128 visible ASCII characters."""
     if request_id is not None and not (
-        0 < len(request_id) <= 128 and all("!" <= c <= "~" for c in request_id)
+        0 < len(request_id) <= 128
+        and request_id.isascii()
+        and request_id.isprintable()
+        and " " not in request_id
     ):
         raise InvalidInput("request_id", "must be 1 to 128 visible ASCII characters")
     return request_id
