@@ -50,6 +50,16 @@ class ComputeFailed(Exception):
 class ComputeDied(Exception):
     """The compute process died during the trial (a crash, os._exit, a signal)."""
 
+    def __init__(self, message: str, exitcode: int | None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    @property
+    def stopped(self) -> bool:
+        """Ended by SIGTERM or SIGINT: a stop (the worker's process group signalled), not
+        the runner's doing."""
+        return self.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+
 
 def _write(fd: int, payload: bytes) -> None:
     """One message: its length, then its bytes (one write for a small one)."""
@@ -192,7 +202,7 @@ class ComputeProcess:
                     del self._buffer[:end]
                     return message
             if self._eof:
-                raise ComputeDied(await self._death())
+                raise await self._death()
             self._arrived.clear()
             await self._arrived.wait()
 
@@ -214,16 +224,19 @@ class ComputeProcess:
                 break
         self._arrived.set()
 
-    async def _death(self) -> str:
+    async def _death(self) -> ComputeDied:
         proc = self._proc
+        code = None
         if proc is not None:
             await _exited(proc, GRACE)
             code = proc.exitcode
-            if code is not None and code < 0:
-                return f"the compute process was killed by {signal.Signals(-code).name}"
-            if code is not None:
-                return f"the compute process exited with status {code}"
-        return "the compute process died"
+        if code is not None and code < 0:
+            return ComputeDied(
+                f"the compute process was killed by {signal.Signals(-code).name}", code
+            )
+        if code is not None:
+            return ComputeDied(f"the compute process exited with status {code}", code)
+        return ComputeDied("the compute process died", code)
 
     async def end(self, grace: float = GRACE) -> None:
         """End the process: SIGTERM, then SIGKILL after `grace` seconds (at once with 0)."""

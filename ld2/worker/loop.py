@@ -57,6 +57,9 @@ LIMIT_FACTOR = 20.0
 average for the study and runner (seconds per point) predicts..."""
 LIMIT_FLOOR = 60.0
 """...but never less than this many seconds (short trials vary a lot)..."""
+STOP_GRACE = 1.0
+"""Seconds a slot whose compute process died of SIGTERM/SIGINT waits for the worker's own
+stop (a signal to the process group reaches both, in no set order) before it blames the trial."""
 LONGEST_WAIT = 30.0
 """Seconds one reserve of an idle slot may wait for a wake-up (a longer --idle-wait waits in
 steps of this: an HTTP API answers long polls of up to 30 s)."""
@@ -401,8 +404,11 @@ class Worker:
                 values = await proc.compute(run.name, res.study_id, res.spec, res.start, res.count)
             except ComputeFailed as err:  # the runner's own error
                 error = str(err)
-            except ComputeDied as err:  # a runner killed its process
+            except ComputeDied as err:  # a runner killed its process, or a stop is coming
                 error = f"ComputeDied: {err}"
+                if err.stopped:  # the worker's group was signalled: its own signal is due
+                    with anyio.move_on_after(STOP_GRACE):
+                        await self._stopping.wait()
             finally:
                 self._scopes.discard(scope)
                 hold.computing = None
@@ -410,7 +416,7 @@ class Worker:
             log.info("trial %s abandoned: the table answered stop", res.trial_id)
             self.stats.abandoned += 1
             return None
-        if values is None and error is None and self.stopping:
+        if values is None and self.stopping:
             await self._hand_back(res, "worker stopped", "release")
             self.stats.handed_back += 1
             return None
