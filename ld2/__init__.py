@@ -5,20 +5,15 @@ on this machine; ``ld2.Client()`` submits studies to a backend and fetches their
 docs/python.md); ``@ld2.runner("name", vectorized=True)`` registers a computation under a
 capacity name for ``ld2 worker``.
 
-Everything here is imported on first use, so ``import ld2`` (and ``ld2 --version``) stays light:
-no numpy, no redis.
+Everything here is imported on first use, ``__version__`` included, so ``import ld2`` (and
+``ld2 --version``) stays light: no numpy, no redis, not even importlib.metadata.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("ld2")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
-
 if TYPE_CHECKING:
+    __version__: str  # read from the installed package's metadata on first use
     from ld2.client import (  # noqa: F401 (the lazy exports, for type checkers)
         AsyncClient,
         AsyncStudy,
@@ -46,14 +41,25 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~40 ms: only when asked
+
+    try:
+        return version("ld2")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0"
+
+
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name == "__version__":
+        value: Any = _version()
+    elif (module := _LAZY.get(name)) is not None:
+        value = getattr(import_module(module), name)
+    else:
         raise AttributeError(f"module 'ld2' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
     globals()[name] = value  # later lookups find it directly
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), "__version__", *_LAZY})

@@ -1,5 +1,24 @@
-"""``python -m ld2`` is the ``ld2`` command."""
+"""``python -m ld2`` is the ``ld2`` command; `main` is also the ``ld2`` console script.
 
-from ld2.cli import app
+Nothing heavy is imported here: ``ld2 --version`` is answered before typer and the commands
+are; every other command line goes to the typer app in `ld2.cli`, which imports what a
+command needs when it runs.
+"""
 
-app()
+import sys
+
+
+def main() -> None:
+    """The ``ld2`` command line (the exit status is the process's)."""
+    if sys.argv[1:] == ["--version"]:  # what the app's eager --version prints, without typer
+        from ld2 import __version__
+
+        sys.stdout.write(f"ld2 {__version__}\n")
+        return
+    from ld2.cli import app
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

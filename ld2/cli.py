@@ -7,22 +7,20 @@ state directory. Bad input exits with status 2 and a message naming the file and
 
 from __future__ import annotations
 
-import asyncio
+# Only what building the typer app needs is imported here, so that ``ld2 --help`` and
+# ``ld2 CMD --help`` stay quick: a command imports the rest (asyncio, numpy, pydantic, redis,
+# the store, the API) when it runs. typer reads the commands' annotations at run time, so the
+# types in their signatures must be cheap ones (Path, str, int, ...) imported here.
 import contextlib
-import logging
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table as RichTable
-from rich.text import Text
 
-from ld2 import __version__
-from ld2.config import ApiSettings, MiB, TableConfig
 from ld2.core.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -31,21 +29,36 @@ from ld2.core.errors import (
     RunnerMismatch,
     StudyConflict,
 )
-from ld2.store.base import StudyState, Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ld2.store.base import StudyState, Table
 
 T = TypeVar("T")
-console = Console()
+
+
+@functools.cache
+def _console() -> Console:
+    """The terminal's rich console (made on first use: rich costs ~70 ms to import)."""
+    from rich.console import Console
+
+    return Console()
+
 
 app = typer.Typer(
     name="ld2",
     help="Distributed parameter sweeps on Redis, wire-compatible with lite_dist2.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: rich's rendering alone costs ~0.2 s a start
 )
 
 
 def _print_version(value: bool) -> None:
     if value:
+        from ld2 import __version__
+
         typer.echo(f"ld2 {__version__}")
         raise typer.Exit()
 
@@ -131,7 +144,10 @@ def api(
     allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Serve the HTTP API (lite_dist2's endpoints and ld2's extras; docs at /docs)."""
+    import logging
+
     from ld2.api.server import serve
+    from ld2.config import ApiSettings, MiB, TableConfig
     from ld2.store.connect import redis_url_from_env
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -213,6 +229,8 @@ def _user_errors() -> Iterator[None]:
 
 def _run(coro: Awaitable[T]) -> T:
     """Run a command's coroutine under `_user_errors`."""
+    import asyncio
+
     with _user_errors():
         return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -247,7 +265,7 @@ async def _report_end(table: Table, state: StudyState) -> None:
 
     text = await summary.answer(table, state)
     if text:
-        console.print(text, markup=False, highlight=False)
+        _console().print(text, markup=False, highlight=False)
     report = await summary.failure_report(table, state)
     for line in report:
         _err(line)
@@ -306,7 +324,7 @@ def submit(
             if handle.existed:
                 _err(f"ld2: {_safe(registry.name)} was already registered with the same content")
             if wait:
-                await _report_end(table, await handle.wait(check=False, console=console))
+                await _report_end(table, await handle.wait(check=False, console=_console()))
 
     _run(go())
 
@@ -323,6 +341,10 @@ def status(
 
     Workers count while they hold a lease that has not expired; the ETA is shown only while
     some worker is live."""
+    import asyncio
+
+    from rich.table import Table as RichTable
+    from rich.text import Text
 
     async def go() -> None:
         async with _table(redis, api, token) as table:
@@ -351,8 +373,8 @@ def status(
                         str(live) if s.status != "done" else "",
                     )
                 if watch:
-                    console.clear()
-                console.print(grid)
+                    _console().clear()
+                _console().print(grid)
                 if study and not watch:
                     with contextlib.suppress(Incomplete):
                         await _report_end(table, states[0])
@@ -510,6 +532,7 @@ def _max_size(text: str) -> int | None:
 
 async def _work(table: Table, available: dict[str, Any], config: Any) -> Any:
     """Run a worker until idle or signalled; SIGTERM/SIGINT hand the trials in hand back."""
+    import asyncio
     import signal
 
     from ld2.worker.loop import Worker
@@ -577,6 +600,8 @@ def worker(
     allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Reserve trials the loaded runners cover, compute them, register the results."""
+    import logging
+
     from ld2.worker.loop import WorkerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -625,6 +650,10 @@ def reaper(
     allow_eviction: AllowEvictionOpt = False,
 ) -> None:
     """Hand back expired leases (any number of copies may run; reserve also reaps)."""
+    import asyncio
+    import logging
+
+    from ld2.config import TableConfig
     from ld2.store.files import reap_periodically
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -655,7 +684,9 @@ def reaper(
         _run(go())
 
 
-snapshot_app = typer.Typer(help="Save or load the whole curriculum (JSON).", no_args_is_help=True)
+snapshot_app = typer.Typer(
+    help="Save or load the whole curriculum (JSON).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(snapshot_app, name="snapshot")
 
 
@@ -735,6 +766,8 @@ def run(
     file still describes the same study; an edited file is refused (exit 2) naming what
     changed. Exits 3 if points failed, 130 on Ctrl-C (run the same command to resume), 2 if
     another ld2 run is using the state directory (status and result may look meanwhile)."""
+    import asyncio
+
     from ld2.core.study import parse_study
     from ld2.export import check_output
 
@@ -793,6 +826,7 @@ async def _run_locally(
     state_dir: Path | None,
 ) -> int:
     """`ld2 run`'s work; returns the exit status."""
+    import asyncio
     import signal
 
     from ld2.client import compute_locally
@@ -810,26 +844,30 @@ async def _run_locally(
     try:
         released = await local.hand_back(table)  # what the workers of a killed run still hold
         if released:
-            console.print(f"{released:,} trial(s) of an interrupted run handed back")
+            _console().print(f"{released:,} trial(s) of an interrupted run handed back")
         try:
             sid, existed = await table.submit_study(registry)
         except StudyConflict as err:
             if not restart:
                 raise
             await table.delete(err.study_id)
-            console.print(f"restart: the earlier study {_safe(name)} and its results are discarded")
+            _console().print(
+                f"restart: the earlier study {_safe(name)} and its results are discarded"
+            )
             sid, existed = await table.submit_study(registry)
         state = await table.get_study(sid)
         if existed and restart:
             await table.delete(sid)
-            console.print(f"restart: the earlier study {_safe(name)} and its results are discarded")
+            _console().print(
+                f"restart: the earlier study {_safe(name)} and its results are discarded"
+            )
             sid, existed = await table.submit_study(registry)
             state = await table.get_study(sid)
         if existed:
             retried = 0 if not state.failed else await table.retry_failures(sid)
-            console.print(f"resuming {_safe(name)} ({state.done:,} points done)", markup=False)
+            _console().print(f"resuming {_safe(name)} ({state.done:,} points done)", markup=False)
             if retried:
-                console.print(f"retrying {retried:,} failed points")
+                _console().print(f"retrying {retried:,} failed points")
             state = await table.get_study(sid)
         if state.status != "done":
             config = WorkerConfig(chosen, processes=workers, max_size=None, trial_seconds=0.5,
@@ -847,7 +885,7 @@ async def _run_locally(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, interrupt)
             try:  # until the study is done or the worker ends; raises if the study vanished
-                await compute_locally(table, sid, worker, every=0.2, console=console)
+                await compute_locally(table, sid, worker, every=0.2, console=_console())
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
@@ -865,7 +903,7 @@ async def _run_locally(
                 raise LD2Error(f"the local workers stopped before {name} was done")
         for out in outs:
             n = await write_results(table, state, out)
-            console.print(f"{n:,} points written to {out}", markup=False)
+            _console().print(f"{n:,} points written to {out}", markup=False)
         try:
             await _report_end(table, state)
         except Incomplete:
