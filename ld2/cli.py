@@ -567,7 +567,13 @@ def worker(
     exit_when_idle: Annotated[
         float | None, typer.Option(help="Exit after this many seconds without work.")
     ] = None,
-    idle_wait: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
+    idle_wait: Annotated[
+        float,
+        typer.Option(
+            help="Idle: the longest wait for a wake-up (a study registered or resumed, a trial "
+            "handed back) before looking again anyway."
+        ),
+    ] = 1.0,
     trial_limit: Annotated[
         float | None,
         typer.Option(
@@ -594,6 +600,16 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option(help="Address for --metrics-port (0.0.0.0: every interface).")
     ] = "127.0.0.1",
+    prefetch: Annotated[
+        bool,
+        typer.Option(
+            help="Lease each slot's next trial while it computes one (refused near a study's "
+            "end, so that no worker idles while another holds two)."
+        ),
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Log every trial (else a summary every 30 s).")
+    ] = False,
     redis: RedisOpt = None,
     api: ApiOpt = None,
     token: TokenOpt = None,
@@ -605,6 +621,8 @@ def worker(
     from ld2.worker.loop import WorkerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if verbose:
+        logging.getLogger("ld2.worker").setLevel(logging.DEBUG)
     imports = import_ or []
     with _user_errors():
         available, chosen = _runners(imports, capacity or [])
@@ -613,11 +631,13 @@ def worker(
             raise InvalidInput("--trial-limit", f"must be more than 0 seconds, got {trial_limit}")
         if not 0 < lease <= 86_400:
             raise InvalidInput("--lease", f"must be above 0 and at most 86400 seconds, got {lease}")
+        if not idle_wait > 0:
+            raise InvalidInput("--idle-wait", f"must be more than 0 seconds, got {idle_wait}")
     config = WorkerConfig(
         chosen, processes=processes, max_size=size, trial_seconds=trial_seconds, name=name,
         exit_when_idle=exit_when_idle, idle_wait=idle_wait, imports=imports,
         trial_limit=trial_limit, lease=lease, heartbeat_every=lease / 3,
-        metrics_port=metrics_port, metrics_host=metrics_host,
+        metrics_port=metrics_port, metrics_host=metrics_host, prefetch=prefetch,
     )  # fmt: skip
 
     async def go() -> None:
@@ -841,6 +861,10 @@ async def _run_locally(
     except StateDirBusy as err:
         raise _fail(str(err)) from None
     table = open_table(None, state_dir=local.state_dir, fair_share=True)
+    config = WorkerConfig(chosen, processes=workers, max_size=None, trial_seconds=0.5,
+                          idle_wait=0.05, imports=imports, stop_on_mismatch=True)  # fmt: skip
+    worker = Worker(table, available, config)
+    worker.prepare()  # compute processes ready (and forked after the imports) before the study
     try:
         released = await local.hand_back(table)  # what the workers of a killed run still hold
         if released:
@@ -870,10 +894,6 @@ async def _run_locally(
                 _console().print(f"retrying {retried:,} failed points")
             state = await table.get_study(sid)
         if state.status != "done":
-            config = WorkerConfig(chosen, processes=workers, max_size=None, trial_seconds=0.5,
-                                  idle_wait=0.05, imports=imports,
-                                  stop_on_mismatch=True)  # fmt: skip
-            worker = Worker(table, available, config)
             local.record_workers([worker.id])  # so that a next run can release its trials
             interrupted = asyncio.Event()
 
@@ -910,5 +930,6 @@ async def _run_locally(
             return EXIT_INCOMPLETE
         return 0
     finally:
+        await worker.end()  # (ended already if it ran)
         await table.close()
         local.release()
