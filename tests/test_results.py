@@ -184,3 +184,16 @@ def test_vector_packing_keeps_shape() -> None:
     assert results.unpack(results.pack(arr)).tolist() == [[1, 2, 3], [4, 5, 2**70]]
     arr = results.coerce(np.arange(6).reshape(3, 2), "int", True, 3)
     assert results.unpack(results.pack(arr)).shape == (3, 2)
+
+
+def test_empty_vectors_are_refused_not_stored_unreadable() -> None:
+    import numpy as np
+    import pytest
+
+    from ld2.core import results
+    from ld2.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="at least one value"):
+        results.coerce(np.zeros((3, 0), dtype=np.int64), "int", True, 3)
+    with pytest.raises(InvalidInput, match="at least one value"):
+        results.coerce([[], [], []], "int", True, 3)

@@ -50,6 +50,8 @@ def coerce(
         arr = np.asarray(raw) if rows is None else _rows_array(rows, where)
         if arr.ndim != 2:
             raise InvalidInput(where, f"vector results need a 2-D array, got shape {arr.shape}")
+        if arr.shape[0] and arr.shape[1] == 0:  # (stored, they could never be read back)
+            raise InvalidInput(where, "vector results need at least one value a point")
     else:
         arr = raw if isinstance(raw, np.ndarray) else _scalars_array(list(raw), where)
         if arr.ndim != 1:
@@ -280,3 +282,52 @@ def info_templates(
     if vector_len is None:
         return params, ScalarValue(value_type=value_type, value=zero[value_type])
     return params, VectorValue(value_type=value_type, values=[zero[value_type]] * vector_len)
+
+
+_INT_CODES = frozenset(code for code, dt in _DTYPES.items() if dt.kind in "iu")
+_PACKED_KINDS = {"float": frozenset({b"d"}), "bool": frozenset({b"?"}), "int": _INT_CODES | {b"O"}}
+
+
+def _kind_name(code: bytes) -> str:
+    if code == b"O":
+        return "integers wider than 64 bits"
+    dtype = _DTYPES.get(code)
+    return repr(code.decode("latin-1")) if dtype is None else f"dtype {dtype.name}"
+
+
+def unpack_checked(body: bytes, value_type: ValueType, vector: bool, count: int) -> np.ndarray:
+    """`pack`'s bytes from a client (ld2's packed uploads), refused unless they are exactly
+    `count` values of `value_type` (scalars, or vectors when `vector`): the header's kind, its
+    width, rows and columns, and the body's length are each checked (`InvalidInput` naming
+    ``body.<part>``). A vector's length is checked against the study's earlier results by the
+    table (``vector_length``), as for a lite_dist2 upload."""
+    header = _HEADER
+    if len(body) < header.size:
+        raise InvalidInput(
+            "body", f"{len(body)} bytes; packed results start with a {header.size}-byte header"
+        )
+    code, width, rows, cols = header.unpack_from(body)
+    if code not in _PACKED_KINDS[value_type]:
+        raise InvalidInput("body.kind", f"expected {value_type} values, got {_kind_name(code)}")
+    if code == b"O":
+        if width == 0:
+            raise InvalidInput("body.width", "wide integers need a width of 1 byte or more")
+        size = width
+    else:
+        if width != 0:
+            raise InvalidInput("body.width", f"must be 0 for {_kind_name(code)}, got {width}")
+        size = _DTYPES[code].itemsize
+    if vector and cols == 0:
+        raise InvalidInput("body.columns", "vector results need at least one value a point")
+    if not vector and cols != 0:
+        raise InvalidInput("body.columns", f"this study's results are scalars (0), got {cols}")
+    if rows != count:
+        raise InvalidInput("body.rows", f"expected {count} results (the trial's count), got {rows}")
+    expected = header.size + rows * max(cols, 1) * size
+    if len(body) != expected:
+        raise InvalidInput(
+            "body", f"expected {expected} bytes for {rows}×{max(cols, 1)} values, got {len(body)}"
+        )
+    if code == b"?" and rows and int(np.frombuffer(body, np.uint8, offset=header.size).max()) > 1:
+        raise InvalidInput("body", "bool values must be the bytes 0 or 1")
+    return unpack(body)

@@ -5,10 +5,15 @@ errors and 5xx (never on 4xx, which are answers). Every call that changes a tria
 register, cycle, fail) carries a fresh ``Idempotency-Key``, the same on each of its retries, so
 that an ld2 server answers a retry whose reply was lost as it answered the first attempt
 (the same trial, not a second lease; "ok", not "already registered"). A 409's ``reason`` is
-read as `TrialRejected.reason` (lite_dist2 gives only a sentence). Against a lite_dist2 table
-node, the endpoints it lacks degrade: heartbeats answer "ok" (leases there cannot be
-extended), a failure report is dropped (the lease expires there), and study state comes from
-``/status``.
+read as `TrialRejected.reason` (lite_dist2 gives only a sentence).
+
+Reserve, register and register-and-reserve use ld2's packed endpoints (`wire_client`): results
+go out as the store's packed bytes and a reservation comes back as a few numbers, the study's
+spec being fetched once per study. An API without them (an older ld2, lite_dist2) answers 404
+for the path; from then on this table speaks lite_dist2's JSON (hex mappings) instead.
+Against a lite_dist2 table node, the endpoints it lacks degrade: heartbeats answer "ok" (leases
+there cannot be extended), a failure report is dropped (the lease expires there), and study
+state comes from ``/status``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -59,12 +65,24 @@ from ld2.store.base import (
     TrialRef,
     WorkerSeen,
     WorkerSpeed,
+    from_ms,
 )
-from ld2.store.wire_client import LeanClient
+from ld2.store.wire_client import (
+    JSON_TYPE,
+    MAX_WAIT_SECONDS,
+    PACKED_CYCLE,
+    PACKED_REGISTER,
+    PACKED_RESERVE,
+    PACKED_TYPE,
+    LeanClient,
+)
 
 
 class HttpTable(Table):
-    """The table behind an ld2 (or lite_dist2) API at `url`."""
+    """The table behind an ld2 (or lite_dist2) API at `url`.
+
+    `packed=False` keeps every trial call on lite_dist2's JSON endpoints (an ld2 API serves
+    both; the packed ones cost far less on either side)."""
 
     def __init__(
         self,
@@ -76,11 +94,13 @@ class HttpTable(Table):
         backoff: float = 0.2,
         transport: httpx.AsyncBaseTransport | None = None,
         lease_seconds: float = 600.0,
+        packed: bool = True,
     ) -> None:
         headers = {"content-type": "application/json; charset=utf-8"}
         if token:
             headers["authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
+        self.timeout = timeout
         self.client = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport
         )
@@ -94,6 +114,7 @@ class HttpTable(Table):
         self.lease = timedelta(seconds=lease_seconds)
         self._specs: dict[str, StudySpec] = {}
         self._has_cycle = True
+        self._packed = packed  # False once the API answered 404 for a packed endpoint
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -102,23 +123,47 @@ class HttpTable(Table):
 
     # -- transport --------------------------------------
     async def _request(
-        self, method: str, path: str, *, request_id: str | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        **kw: Any,
     ) -> Any:
         """One call, retried on connection errors and 5xx with backoff and jitter.
 
         `request_id` goes out as ``Idempotency-Key`` on every attempt: an ld2 server answers a
         retry whose first reply was lost as it answered that first attempt (lite_dist2 ignores
-        the header). Plain-http JSON POSTs (the worker's hot path) go through the lean client."""
-        lean = self._lean if method == "POST" and "json" in kw and not kw.get("params") else None
-        body = json.dumps(kw["json"], separators=(",", ":")).encode() if lean else b""
-        headers = {ID_HEADER: request_id} if request_id else None
+        the header). `timeout` (seconds; default the table's) bounds each attempt. Plain-http
+        POSTs of a body, JSON (``json=``) or packed results (``content=``), go through the lean
+        client: they are the worker's hot path."""
+        ids = {ID_HEADER: request_id} if request_id else {}
+        packed = "content" in kw
+        headers = ids | {"content-type": PACKED_TYPE} if packed else ids
+        lean = self._lean if method == "POST" and (packed or "json" in kw) else None
+        body = b""
+        target = path
+        if lean is not None:
+            if packed:
+                body = kw["content"]
+            else:
+                body = json.dumps(kw["json"], separators=(",", ":")).encode()
+            if kw.get("params"):
+                target = f"{path}?{urlencode(kw['params'], doseq=True)}"
+        limit: Any = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 if lean is not None:
-                    resp: Any = await lean.post(path, body, headers)
+                    resp: Any = await lean.post(
+                        target, body, ids,
+                        content_type=PACKED_TYPE if packed else JSON_TYPE, timeout=timeout,
+                    )  # fmt: skip
                 else:
-                    resp = await self.client.request(method, path, headers=headers, **kw)
+                    resp = await self.client.request(
+                        method, path, headers=headers or None, timeout=limit, **kw
+                    )
             except (httpx.TransportError, OSError, TimeoutError) as err:
                 if attempt == self.retries:
                     raise BackendUnavailable(f"ld2 API at {self.url}: {err!r}") from err
@@ -264,18 +309,42 @@ class HttpTable(Table):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        wait: float = 0.0,
+        prefetch: bool = False,
     ) -> Reservation | None:
+        """`wait` is asked of the API up to its cap (`MAX_WAIT_SECONDS`): a longer one answers
+        None after that long, as a wait that found nothing. An API that does not know `wait`
+        or `prefetch` (an older ld2, lite_dist2) answers at once."""
         check_max_size(max_size)
+        wait = _wait_within(wait)
+        rid = request_id or _new_id()
+        timeout = self.timeout + wait  # the answer may take the whole wait
+        if self._packed:
+            params = _lease_params(capacities, max_size, worker_name, lease, prefetch)
+            params["worker_node_id"] = worker_id
+            if wait:
+                params["wait_seconds"] = repr(wait)
+            try:
+                resp = await self._request(
+                    "POST", PACKED_RESERVE, params=params, content=b"", request_id=rid,
+                    timeout=timeout,
+                )  # fmt: skip
+            except _NoSuchEndpoint:
+                self._packed = False
+            else:
+                return await self._packed_reservation(resp, worker_id, worker_name)
         body: dict[str, Any] = {
             "retaining_capacity": sorted(capacities),
             "max_size": max_size,
             "worker_node_name": worker_name,
             "worker_node_id": worker_id,
         }
-        if lease is not None:
-            body["lease_seconds"] = lease  # an ld2 extra; lite_dist2 ignores it
-        rid = request_id or _new_id()
-        resp = await self._request("POST", "/trial/reserve", json=body, request_id=rid)
+        _json_extras(body, lease, prefetch)  # ld2's extras, only when set; lite_dist2 ignores them
+        if wait:
+            body["wait_seconds"] = wait
+        resp = await self._request(
+            "POST", "/trial/reserve", json=body, request_id=rid, timeout=timeout
+        )
         return await self._reservation(resp, worker_id, worker_name)
 
     async def _reservation(
@@ -299,6 +368,27 @@ class HttpTable(Table):
             spec=spec,
         )
 
+    async def _packed_reservation(
+        self, resp: Any, worker_id: str, worker_name: str | None
+    ) -> Reservation | None:
+        """A packed endpoint's answer: the lease as numbers; the spec from this table's cache
+        (fetched on a study's first trial)."""
+        trial = json.loads(resp.content).get("trial")
+        if resp.status_code == 202 or trial is None:
+            return None
+        return Reservation(
+            study_id=trial["study_id"],
+            trial_id=trial["trial_id"],
+            worker_id=worker_id,
+            start=int(trial["start"]),
+            count=int(trial["count"]),
+            worker_name=worker_name,
+            attempt=int(trial["attempt"]),
+            reserved_at=from_ms(int(trial["reserved_ms"])),  # type: ignore[arg-type]
+            deadline=from_ms(int(trial["deadline_ms"])),  # type: ignore[arg-type]
+            spec=await self.study_spec(trial["study_id"]),
+        )
+
     def _upload(self, trial: TrialRef, values: np.ndarray) -> m.TrialModel:
         if not isinstance(trial, Reservation):
             raise InvalidInput("trial", "registering over HTTP needs the Reservation itself")
@@ -308,10 +398,30 @@ class HttpTable(Table):
         model.results = results.to_mappings(spec.space, trial.start, typed, spec.value_type)
         return model
 
+    async def _pack(self, trial: TrialRef, values: np.ndarray) -> bytes:
+        """The results as the store keeps them (checked here first, as the store would)."""
+        if isinstance(trial, Reservation):
+            spec = trial.spec
+        else:
+            spec = await self.study_spec(trial.study_id)
+        return results.pack(results.coerce(values, spec.value_type, spec.vector, trial.count))
+
     async def register(
         self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
     ) -> Outcome:
-        return await self._post_trial(self._upload(trial, values), request_id=request_id)
+        rid = request_id or _new_id()
+        if self._packed:
+            params = _trial_params(trial)
+            body = await self._pack(trial, values)
+            try:
+                resp = await self._request(
+                    "POST", PACKED_REGISTER, params=params, content=body, request_id=rid
+                )
+            except _NoSuchEndpoint:
+                self._packed = False
+            else:
+                return _outcome(json.loads(resp.content))
+        return await self._post_trial(self._upload(trial, values), request_id=rid)
 
     async def register_and_reserve(
         self,
@@ -323,30 +433,46 @@ class HttpTable(Table):
         *,
         lease: float | None = None,
         request_id: str | None = None,
+        prefetch: bool = False,
     ) -> tuple[Outcome, Reservation | None]:
-        """One request (``/trial/cycle``) on ld2; two on lite_dist2, which lacks it."""
+        """One request (``/trial/packed/cycle``, else ``/trial/cycle``) on ld2; two on
+        lite_dist2, which lacks both."""
         rid = request_id or _new_id()
+        check_max_size(max_size)
+        if self._packed:
+            params = _trial_params(trial)
+            params |= _lease_params(capacities, max_size, worker_name, lease, prefetch)
+            body = await self._pack(trial, values)
+            try:
+                resp = await self._request(
+                    "POST", PACKED_CYCLE, params=params, content=body, request_id=rid
+                )
+            except _NoSuchEndpoint:
+                self._packed = False
+            else:
+                outcome = _outcome(json.loads(resp.content))
+                return outcome, await self._packed_reservation(resp, trial.worker_id, worker_name)
         if not self._has_cycle or not isinstance(trial, Reservation):
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid
-            )
-        check_max_size(max_size)
+                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid,
+                prefetch=prefetch,
+            )  # fmt: skip
         model = self._upload(trial, values)
-        body: dict[str, Any] = {
+        body_json: dict[str, Any] = {
             "trial": model.model_dump(mode="json"),
             "retaining_capacity": sorted(capacities),
             "max_size": max_size,
             "worker_node_name": worker_name,
         }
-        if lease is not None:
-            body["lease_seconds"] = lease
+        _json_extras(body_json, lease, prefetch)
         try:
-            resp = await self._request("POST", "/trial/cycle", json=body, request_id=rid)
+            resp = await self._request("POST", "/trial/cycle", json=body_json, request_id=rid)
         except _NoSuchEndpoint:
             self._has_cycle = False
             return await super().register_and_reserve(
-                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid
-            )
+                trial, values, capacities, max_size, worker_name, lease=lease, request_id=rid,
+                prefetch=prefetch,
+            )  # fmt: skip
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
     async def _post_trial(self, trial: m.TrialModel, *, request_id: str | None = None) -> Outcome:
@@ -511,6 +637,56 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _wait_within(wait: float) -> float:
+    """A long poll's `wait` as the API takes it: at most `MAX_WAIT_SECONDS`."""
+    if not wait >= 0:  # also NaN
+        raise InvalidInput("wait", f"must be >= 0 seconds, got {wait!r}")
+    return min(float(wait), MAX_WAIT_SECONDS)
+
+
+def _json_extras(body: dict[str, Any], lease: float | None, prefetch: bool) -> None:
+    """ld2's extras of a JSON reserve or cycle, only when set (lite_dist2 ignores them)."""
+    if lease is not None:
+        body["lease_seconds"] = lease
+    if prefetch:
+        body["prefetch"] = True
+
+
+def _trial_params(trial: TrialRef) -> dict[str, Any]:
+    """A trial's identity in a packed endpoint's query."""
+    return {
+        "study_id": trial.study_id,
+        "trial_id": trial.trial_id,
+        "worker_node_id": trial.worker_id,
+        "start": str(trial.start),
+        "count": str(trial.count),
+    }
+
+
+def _lease_params(
+    capacities: Collection[str],
+    max_size: int,
+    worker_name: str | None,
+    lease: float | None,
+    prefetch: bool,
+) -> dict[str, Any]:
+    """What to lease next, in a packed endpoint's query (unset options left out)."""
+    params: dict[str, Any] = {"max_size": str(max_size)}
+    if capacities:
+        params["retaining_capacity"] = sorted(capacities)
+    if worker_name is not None:
+        params["worker_node_name"] = worker_name
+    if lease is not None:
+        params["lease_seconds"] = repr(float(lease))
+    if prefetch:
+        params["prefetch"] = "true"
+    return params
+
+
+def _outcome(data: Any) -> Outcome:
+    return "ignored" if data.get("outcome") == "ignored" else "ok"
+
+
 class _NoSuchEndpoint(NotFound):
     """A 404 for the path itself (an older or lite_dist2 server), not for a study."""
 
@@ -534,7 +710,7 @@ def _raise_for(resp: Any, path: str) -> Any:
         if isinstance(reason, str) and reason:  # ld2 names the reason; lite_dist2 says words
             raise TrialRejected(reason, str(detail))
         raise TrialRejected.from_message(str(detail))
-    if resp.status_code in (400, 401, 413, 422):
+    if resp.status_code in (400, 401, 413, 415, 422):
         if isinstance(detail, list):
             detail = "; ".join(
                 f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail

@@ -113,7 +113,9 @@ async def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     async with make_table(request, REAL_BACKENDS[0]) as inner:
         app = create_app(inner, curriculum_path=tmp_path / "curriculum.json")
         drops = DropReplies(app)
-        table = HttpTable("http://ld2.test", transport=drops, retries=4, backoff=0.001)
+        table = HttpTable(
+            "http://ld2.test", transport=drops, retries=4, backoff=0.001, packed=False
+        )
         plain = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=plain, base_url="http://ld2.test") as raw:
             try:

@@ -248,7 +248,9 @@ async def test_two_api_processes_answer_as_one(
             raw = httpx.AsyncClient(
                 transport=alt, base_url="http://duo.invalid", headers=AUTH, timeout=60
             )
-            table = HttpTable("http://duo.invalid", token=TOKEN, transport=alt, retries=3)
+            table = HttpTable(
+                "http://duo.invalid", token=TOKEN, transport=alt, retries=3, packed=False
+            )
             try:
                 await _scenario(alt, raw, table, observer, name, key)
             finally:

@@ -81,7 +81,7 @@ async def client(redis_table: RedisTable, tmp_path: Path) -> AsyncIterator[Clien
         ) as http,
         httpx.AsyncClient(transport=transport, base_url=base, event_hooks=hooks) as anonymous,
     ):
-        table = HttpTable(base, token=TOKEN, transport=transport, retries=0)
+        table = HttpTable(base, token=TOKEN, transport=transport, retries=0, packed=False)
         table.client.event_hooks["response"].append(tally)
         try:
             yield Client(app, http, anonymous, table, seen)

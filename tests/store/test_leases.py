@@ -27,7 +27,7 @@ async def test_expired_range_at_index_0_is_reissued(
         again = await table.reserve([], 5, "w2")
         assert again is not None and (again.start, again.count) == (0, 5)
         assert again.trial_id != first.trial_id  # ids are never reused
-        assert again.attempt == (0 if backend == "http" else 1)  # the wire carries no attempt
+        assert again.attempt == 1
         await table.register(again, square(again))
         await run_all(table, 5, "w2")
         state = await table.get_study(sid)
@@ -155,7 +155,7 @@ async def test_failures_are_retried_then_quarantined(
             assert bad is not None and bad.start == 0
             attempts.append(bad.attempt)
             await table.fail(bad.trial_id, "w", "ZeroDivisionError: boom", mode="retry")
-        assert attempts == ([0, 0, 0] if backend == "http" else [0, 1, 2])  # not on the wire
+        assert attempts == [0, 1, 2]
         await run_all(table, 4, "w")
         state = await table.get_study(sid)
         assert state.status == "done" and state.done == 6 and state.failed == 4
