@@ -14,12 +14,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from ld2.store.wire_client import (
     PACKED_TYPE,
 )
 from tests.api.test_lost_replies import DropReplies, every, first
+from tests.api.test_processes import api_process
 from tests.conftest import REAL_BACKENDS, _free_port, make_table
 from tests.store.helpers import all_results, int_axis, registry, square
 
@@ -876,38 +874,12 @@ async def test_openapi_describes_the_packed_endpoints(both: Both) -> None:
 # -- a real `ld2 api` process and the lean client --------------------------------------------
 
 
-@contextlib.contextmanager
-def api_process(redis_url: str, prefix: str) -> Iterator[str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "ld2", "api", "--port", str(port), "--redis", redis_url,
-           "--prefix", prefix]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tempfile.mkdtemp()
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read().decode() if proc.stderr else "api exited")
-            assert time.monotonic() < deadline, "ld2 api never answered /ping"
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
-
-
 async def test_packed_sweep_through_a_real_api_process(
     private_redis_url: str | None, embedded_url: str
 ) -> None:
     url = private_redis_url or embedded_url
     prefix = f"packed-{uuid.uuid4().hex[:8]}"
-    with api_process(url, prefix) as api:
+    with api_process(url, "--prefix", prefix) as api:
         fn = compute("float", True)
         tables = [HttpTable(api, retries=0), HttpTable(api, retries=0, packed=False)]
         try:
