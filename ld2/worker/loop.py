@@ -230,6 +230,7 @@ class Worker:
                 if hold.current is None:
                     hold.current, hold.ahead = hold.ahead, None
                 if hold.current is None and finished is not None:  # no prefetch: in series
+                    # (with --no-prefetch, or refused near the end of a study)
                     hold.current = await self._settle(finished, caps, prefetch=False)
                     finished = None
                     continue
@@ -241,7 +242,7 @@ class Worker:
                 res = hold.current
                 self.probe.holding(k, res)
                 async with anyio.create_task_group() as tg:
-                    if finished is not None:
+                    if self.config.prefetch and finished is not None:
                         tg.start_soon(self._settle_ahead, finished, caps, hold)
                         finished = None
                     elif self.config.prefetch and hold.ahead is None:

@@ -235,3 +235,33 @@ async def test_a_reserve_cut_short_by_a_stop_leaves_no_lease_behind(
         assert (state.reserved, state.done, state.failed) == (0, 0, 0)
         back = await table.reserve(["slow"], 10, "other")
         assert back is not None and (back.start, back.attempt) == (0, 0)
+
+
+async def test_without_prefetch_a_slot_asks_for_a_trial_only_when_it_holds_none(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _module(tmp_path, monkeypatch, seconds=0.0)
+    async with make_table(request, "valkey") as table:
+        sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
+        held_when_asking: list[int] = []
+
+        def spying(real: Any) -> Any:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                reserved = (await table.get_study(sid)).reserved
+                if real.__name__ == "register_and_reserve":  # the trial it registers
+                    reserved -= args[0].count
+                held_when_asking.append(reserved)
+                assert not kwargs.get("prefetch")
+                return await real(*args, **kwargs)
+
+            return call
+
+        for name in ("reserve", "register_and_reserve"):
+            monkeypatch.setattr(table, name, spying(getattr(table, name)))
+        worker = _worker(table, module, max_size=10, prefetch=False, exit_when_idle=0.3,
+                         idle_wait=0.05)  # fmt: skip
+        with anyio.fail_after(BOUND):
+            stats = await worker.run()
+        assert stats.points == 100 and set(held_when_asking) == {0}
+        flats, _ = await all_results(table, sid)
+        assert flats == list(range(100))
