@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, OutOfMemoryError
 
 from ld2.core.errors import BackendUnavailable
@@ -45,9 +47,15 @@ CALLS: list[tuple[str, Any]] = [
 ]
 
 
+def _nowhere() -> aioredis.Redis:
+    """A client of a port nobody listens on, which gives up at once (redis-py retries a refused
+    connection with backoff, seconds per call, by default: the mapping is what is tested)."""
+    return aioredis.Redis(port=_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
 @pytest.mark.parametrize(("name", "call"), CALLS, ids=[c[0] for c in CALLS])
 async def test_an_unreachable_redis_is_backend_unavailable(name: str, call: Any) -> None:
-    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    table = RedisTable(_nowhere(), url="nowhere")
     try:
         with pytest.raises(BackendUnavailable, match="nowhere"):
             await call(table)
@@ -56,7 +64,7 @@ async def test_an_unreachable_redis_is_backend_unavailable(name: str, call: Any)
 
 
 async def test_result_streams_are_mapped_too() -> None:
-    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    table = RedisTable(_nowhere(), url="nowhere")
     try:
         with pytest.raises(BackendUnavailable):
             async for _ in table.iter_results("s"):
@@ -139,7 +147,7 @@ async def test_the_api_answers_503_when_redis_is_away() -> None:
 
     from ld2.api import create_app
 
-    table = RedisTable(aioredis.Redis(port=_free_port(), socket_connect_timeout=1), url="nowhere")
+    table = RedisTable(_nowhere(), url="nowhere")
     app = create_app(table)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
