@@ -293,6 +293,9 @@ NOTHING_LEFT: dict[int | str, dict[str, Any]] = {
     202: {"model": PackedReserveAnswer, "description": "no trial available"}
 }
 Q = TypeVar("Q", bound=BaseModel)
+R = TypeVar("R")
+CLIENT_CHECK = 0.25
+"""Seconds between looks at whether a long poll's client is still there."""
 
 
 def packed_request(request: Request, query: type[Q]) -> tuple[Q, str | None]:
@@ -478,13 +481,15 @@ def create_app(
         responses={202: {"model": m.TrialReserveResponse, "description": "no trial available"}},
         tags=["lite_dist2"],
     )
-    async def reserve(param: ReserveParam, idempotency_key: IdempotencyKey = None) -> Response:
-        res = await T().reserve(
+    async def reserve(
+        request: Request, param: ReserveParam, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        res = await _unless_gone(request, param.wait_seconds, T().reserve(
             param.retaining_capacity, param.max_size, param.worker_node_id, param.worker_node_name,
             lease=param.lease_seconds, request_id=idempotency_key, wait=param.wait_seconds,
             prefetch=param.prefetch,
-        )  # fmt: skip
-        return await _trial_reply(T(), res, with_deadline=param.lease_seconds is not None)
+        ))  # fmt: skip
+        return await _trial_reply(T(), res, request, with_deadline=param.lease_seconds is not None)
 
     @app.post("/trial/register", response_model=m.OkResponse, tags=["lite_dist2"])
     async def register_trial(
@@ -531,14 +536,16 @@ def create_app(
         return m.OkResponse(ok=True)
 
     @app.post("/trial/cycle", response_model=m.TrialReserveResponse, tags=["ld2"])
-    async def cycle(param: CycleParam, idempotency_key: IdempotencyKey = None) -> Response:
+    async def cycle(
+        request: Request, param: CycleParam, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         """Register a trial and reserve the next one in one request (202 when none is left)."""
         ref, typed = await _uploaded(T(), param.trial)
         _, nxt = await T().register_and_reserve(
             ref, typed, param.retaining_capacity, param.max_size, param.worker_node_name,
             lease=param.lease_seconds, request_id=idempotency_key, prefetch=param.prefetch,
         )  # fmt: skip
-        return await _trial_reply(T(), nxt, with_deadline=param.lease_seconds is not None)
+        return await _trial_reply(T(), nxt, request, with_deadline=param.lease_seconds is not None)
 
     @app.post(
         PACKED_RESERVE,
@@ -551,12 +558,12 @@ def create_app(
         """``/trial/reserve`` for ld2's own clients: the same lease, answered as numbers
         (no parameter space), 202 ``{"trial": null}`` when none is available."""
         q, request_id = packed_request(request, PackedReserveQuery)
-        res = await T().reserve(
+        res = await _unless_gone(request, q.wait_seconds, T().reserve(
             q.retaining_capacity, q.max_size, q.worker_node_id, q.worker_node_name,
             lease=q.lease_seconds, request_id=request_id, wait=q.wait_seconds,
             prefetch=q.prefetch,
-        )  # fmt: skip
-        return _packed_reply(T(), res)
+        ))  # fmt: skip
+        return _packed_reply(T(), res, request)
 
     @app.post(
         PACKED_REGISTER,
@@ -590,7 +597,7 @@ def create_app(
             ref, values, q.retaining_capacity, q.max_size, q.worker_node_name,
             lease=q.lease_seconds, request_id=request_id, prefetch=q.prefetch,
         )  # fmt: skip
-        return _packed_reply(T(), nxt, outcome)
+        return _packed_reply(T(), nxt, request, outcome)
 
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
     async def reap() -> ReapResponse:
@@ -718,7 +725,7 @@ def create_app(
 
 
 async def _trial_reply(
-    table: Table, res: Reservation | None, *, with_deadline: bool = False
+    table: Table, res: Reservation | None, request: Request, *, with_deadline: bool = False
 ) -> Response:
     """lite_dist2's reserve answer: 200 with the trial, or 202 ``{"trial": null}``; for an ld2
     client that asked for its own lease, ``"lease_deadline_ms"`` (epoch ms) ends the object.
@@ -739,7 +746,7 @@ async def _trial_reply(
     if with_deadline:
         ms = int(res.deadline.timestamp() * 1000)
         body = body[:-1] + b',"lease_deadline_ms":' + str(ms).encode() + b"}"
-    return TrialResponse(body, table, res)
+    return TrialResponse(body, table, res, request)
 
 
 _NO_POINTS = b'"parameters":[],"ambient_indices":[]'
@@ -769,14 +776,15 @@ class TrialResponse(Response):
 
     media_type = "application/json"
 
-    def __init__(self, body: bytes, table: Table, res: Reservation) -> None:
+    def __init__(self, body: bytes, table: Table, res: Reservation, request: Request) -> None:
         super().__init__(body)
         self.table = table
         self.res = res
+        self.request = request  # the endpoint's: its body read, so a disconnect is seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if await Request(scope, receive).is_disconnected():
+            if await _gone(self.request):
                 log.info("client gone before trial %s was sent: released", self.res.trial_id)
                 await _release(self.table, self.res, "the client disconnected")
                 return
@@ -787,7 +795,7 @@ class TrialResponse(Response):
 
 
 def _packed_reply(
-    table: Table, res: Reservation | None, outcome: Outcome | None = None
+    table: Table, res: Reservation | None, request: Request, outcome: Outcome | None = None
 ) -> Response:
     """A packed endpoint's answer: the lease as numbers (`PackedTrial`), or 202 without one;
     after a registration its ``outcome`` first. Released if it cannot be sent (`TrialResponse`)."""
@@ -803,7 +811,7 @@ def _packed_reply(
         "reserved_ms": _epoch_ms(res.reserved_at),
         "deadline_ms": _epoch_ms(res.deadline),
     }
-    return TrialResponse(json.dumps(answer, separators=(",", ":")).encode(), table, res)
+    return TrialResponse(json.dumps(answer, separators=(",", ":")).encode(), table, res, request)
 
 
 def _epoch_ms(when: datetime) -> int:
@@ -826,6 +834,34 @@ async def _packed_upload(
         )
     values = results.unpack_checked(await request.body(), spec.value_type, spec.vector, q.count)
     return TrialRef(q.study_id, q.trial_id, q.worker_node_id, q.start, q.count), values
+
+
+async def _gone(request: Request) -> bool:
+    """Whether the client has disconnected. The request's body is read first (cached): until
+    it is, the server's next message is the body, not the disconnect."""
+    await request.body()
+    return await request.is_disconnected()
+
+
+async def _unless_gone(request: Request, wait: float, reserve: Awaitable[R]) -> R | None:
+    """A reserve that may wait (a long poll), given up when the client disconnects: a worker
+    stopped or killed during its long poll must not have a trial leased for it afterwards
+    (its lease would hold the trial until it expired). None then."""
+    if wait <= 0:
+        return await reserve
+    got: list[R] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while not await _gone(request):
+                await anyio.sleep(CLIENT_CHECK)
+            log.info("a long-poll reserve's client is gone: given up")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        got.append(await reserve)
+        tg.cancel_scope.cancel()
+    return got[0] if got else None
 
 
 async def _release(table: Table, res: Reservation, why: str) -> None:

@@ -1,0 +1,72 @@
+"""A long-poll reserve whose client goes away is given up by the API: a worker killed (or
+stopped) while it waits must not have a trial leased for it later — that lease would hold the
+trial until it expired (found by bench/bench_http_worker.py: a 30 s stall per round)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from ld2.store.redis import RedisTable
+from tests.api.test_processes import api_process
+from tests.store.helpers import int_axis, registry
+
+BOUND = 30.0
+
+CLIENT = """\
+import asyncio, sys
+from ld2.store.http import HttpTable
+
+async def main():
+    table = HttpTable(sys.argv[1])
+    await table.reserve(["x"], 5, "doomed", lease=600, wait=30)
+
+asyncio.run(main())
+"""
+
+
+async def _xreads(client: aioredis.Redis) -> int:
+    """Connections blocked in XREAD (the API's long polls)."""
+    return sum(1 for c in await client.client_list() if c.get("cmd") == "xread")
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "json"])
+async def test_a_long_poll_whose_client_is_killed_is_given_up(
+    private_redis_url: str | None, packed: bool
+) -> None:
+    if private_redis_url is None:
+        pytest.skip("redis-server is not installed")
+    prefix = f"longpoll{int(packed)}"
+    client = aioredis.Redis.from_url(private_redis_url)
+    table = RedisTable.from_url(private_redis_url, prefix=prefix)
+    script = CLIENT if packed else CLIENT.replace("HttpTable(sys.argv[1])",
+                                                  "HttpTable(sys.argv[1], packed=False)")  # fmt: skip
+    try:
+        with api_process(private_redis_url, "--prefix", prefix) as url:
+            waiting = subprocess.Popen([sys.executable, "-c", script, url], start_new_session=True)
+            try:
+                with anyio.fail_after(BOUND):
+                    while not await _xreads(client):  # the API waits for it
+                        assert waiting.poll() is None, "the client ended before waiting"
+                        await asyncio.sleep(0.02)
+            finally:
+                os.killpg(waiting.pid, signal.SIGKILL)
+                waiting.wait()
+            with anyio.fail_after(BOUND):  # (a lease of 600 s: nothing else ends the wait)
+                while await _xreads(client):
+                    await asyncio.sleep(0.02)
+            sid = await table.register_study(registry([int_axis("x", 10)], capacity=["x"]))
+            state = await table.get_study(sid)
+            assert state.reserved == 0
+            got = await table.reserve(["x"], 5, "alive")
+            assert got is not None and (got.start, got.attempt) == (0, 0)
+    finally:
+        await table.close()
+        await client.aclose()
