@@ -850,6 +850,7 @@ async def _unless_gone(request: Request, wait: float, reserve: Awaitable[R]) -> 
     if wait <= 0:
         return await reserve
     got: list[R] = []
+    failed: list[Exception] = []
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -859,8 +860,13 @@ async def _unless_gone(request: Request, wait: float, reserve: Awaitable[R]) -> 
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        got.append(await reserve)
+        try:
+            got.append(await reserve)
+        except Exception as err:  # raised as itself (a task group would wrap it in a group)
+            failed.append(err)
         tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
     return got[0] if got else None
 
 

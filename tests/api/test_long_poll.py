@@ -70,3 +70,28 @@ async def test_a_long_poll_whose_client_is_killed_is_given_up(
     finally:
         await table.close()
         await client.aclose()
+
+
+def test_a_refused_long_poll_is_a_4xx_not_a_500(private_redis_url: str | None) -> None:
+    """What the table refuses while a long poll is watched for its client is raised as itself
+    (a task group would wrap it in an exception group: the fuzz test saw 500s)."""
+    import httpx
+
+    if private_redis_url is None:
+        pytest.skip("redis-server is not installed")
+    with api_process(private_redis_url, "--prefix", "longpoll-bad") as url:
+        packed = httpx.post(
+            f"{url}/trial/packed/reserve",
+            params={"worker_node_id": "", "max_size": 5, "wait_seconds": 1},
+            timeout=30,
+        )
+        plain = httpx.post(
+            f"{url}/trial/reserve",
+            json={"retaining_capacity": [], "max_size": 5, "worker_node_id": "",
+                  "wait_seconds": 1},
+            timeout=30,
+        )  # fmt: skip
+    assert 400 <= packed.status_code < 500 and 400 <= plain.status_code < 500, (
+        packed.text,
+        plain.text,
+    )
