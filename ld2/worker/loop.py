@@ -294,6 +294,8 @@ class Worker:
                 if self.stopping:
                     scope.cancel()
                 return await self._retry(self.table.reserve, caps, size, self.id, self.name, **ask)
+            except BackendUnavailable:  # raised by _retry only once stopping
+                pass
             finally:
                 self._scopes.discard(scope)
         self._unanswered.append({"caps": caps, "size": size, **ask, "wait": 0.0})
@@ -466,7 +468,11 @@ class Worker:
                 if now - seen[res.trial_id] < self._beat_every(res):
                     continue
                 seen[res.trial_id] = now
-                if await self._retry(self.table.heartbeat, res.trial_id, self.id) != "stop":
+                try:
+                    answer = await self._retry(self.table.heartbeat, res.trial_id, self.id)
+                except BackendUnavailable:  # raised by _retry only once stopping
+                    return
+                if answer != "stop":
                     continue
                 if res is hold.current:
                     hold.abandoned = res

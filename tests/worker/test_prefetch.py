@@ -265,3 +265,31 @@ async def test_without_prefetch_a_slot_asks_for_a_trial_only_when_it_holds_none(
         assert stats.points == 100 and set(held_when_asking) == {0}
         flats, _ = await all_results(table, sid)
         assert flats == list(range(100))
+
+
+async def test_a_stop_during_an_outage_ends_the_worker_cleanly(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease keeper retrying heartbeats through an outage when the stop comes: the worker
+    ends without an error (its retry gives up once stopping, and that is no crash)."""
+    from ld2.core.errors import BackendUnavailable
+
+    module = _module(tmp_path, monkeypatch, seconds=30.0)
+    async with make_table(request, "valkey") as table:
+        await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
+        failing = asyncio.Event()
+
+        async def outage(*args: Any, **kwargs: Any) -> Any:
+            failing.set()
+            raise BackendUnavailable("cannot reach Redis (a test's outage)")
+
+        monkeypatch.setattr(table, "heartbeat", outage)
+        worker = _worker(table, module, max_size=10, lease=0.6, heartbeat_every=0.2,
+                         exit_when_idle=None)  # fmt: skip
+        task = asyncio.create_task(worker.run())
+        with anyio.fail_after(BOUND):
+            await failing.wait()
+        worker.stop()
+        with anyio.fail_after(BOUND):
+            stats = await task  # no exception
+        assert stats.trials == 0 and stats.handed_back >= 1
