@@ -137,10 +137,6 @@ class ComputeProcess:
         self._arrived = asyncio.Event()  # bytes came (set by `_readable`)
         self.started = 0  # processes started, ever (tests count restarts)
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def start(self) -> None:
         """Fork the process (in the event loop's thread: its pipe is read by the loop)."""
         if self._proc is not None:

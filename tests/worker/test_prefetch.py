@@ -49,13 +49,21 @@ def _worker(table: Any, module: str, **settings: Any) -> Worker:
 
 
 async def _until(what: str, check: Any) -> None:
-    with anyio.fail_after(BOUND):
-        while not await check():
-            await asyncio.sleep(0.01)
+    """Wait for a state (`check()` true), failing with `what` after BOUND seconds."""
+    try:
+        with anyio.fail_after(BOUND):
+            while not await check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"never reached: {what} (after {BOUND:g} s)")
 
 
 async def _trials_held(table: RedisTable, sid: str) -> int:
     return int(await table.client.zcard(table.study_keys(sid).leases))
+
+
+async def _held_two(table: RedisTable, sid: str) -> bool:
+    return await _trials_held(table, sid) == 2
 
 
 async def test_a_slot_holds_the_next_trial_while_it_computes_and_hands_both_back_on_stop(
@@ -79,10 +87,6 @@ async def test_a_slot_holds_the_next_trial_while_it_computes_and_hands_both_back
             (0, 10, 0),
             (10, 10, 0),
         ]
-
-
-async def _held_two(table: RedisTable, sid: str) -> bool:
-    return await _trials_held(table, sid) == 2
 
 
 async def test_prefetched_trials_complete_a_study_exactly_once(
