@@ -142,6 +142,13 @@ def api(
         str | None, typer.Option(help="Redis key prefix (default: $LD2_PREFIX, else ld2).")
     ] = None,
     allow_eviction: AllowEvictionOpt = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log every request (uvicorn's access log: a line for each trial of each worker).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API (lite_dist2's endpoints and ld2's extras; docs at /docs)."""
     import logging
@@ -163,7 +170,10 @@ def api(
         table=table_config,
     )
     with _user_errors():
-        serve(settings, host, chosen, workers, allow_eviction=_allow_eviction())
+        serve(
+            settings, host, chosen, workers, allow_eviction=_allow_eviction(),
+            access_log=access_log,
+        )  # fmt: skip
 
 
 # -- shared plumbing -----------------------------------------------------------------------------

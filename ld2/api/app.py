@@ -8,11 +8,13 @@ acceptable, 422 schema). No traceback or server path ever reaches a response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import logging
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import cache
@@ -25,6 +27,7 @@ from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from starlette.types import Receive, Scope, Send
@@ -293,9 +296,43 @@ NOTHING_LEFT: dict[int | str, dict[str, Any]] = {
     202: {"model": PackedReserveAnswer, "description": "no trial available"}
 }
 Q = TypeVar("Q", bound=BaseModel)
+E = TypeVar("E", bound=Callable[..., Any])
 R = TypeVar("R")
 CLIENT_CHECK = 0.25
 """Seconds between looks at whether a long poll's client is still there."""
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the `Request` alone: called with it directly, without
+    FastAPI's dependency solving (about 30 µs a request, a tenth of the API's CPU for a packed
+    cycle). Declared like any route (`direct_post`), so it keeps its place in the OpenAPI
+    document; the endpoint parses and checks its input itself (`packed_request`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
+
+
+def direct_post(app: FastAPI, path: str, **kwargs: Any) -> Callable[[E], E]:
+    """`app.post(path, **kwargs)` for an endpoint of the `DirectRoute` kind."""
+
+    def declare(endpoint: E) -> E:
+        app.router.add_api_route(
+            path, endpoint, methods=["POST"], route_class_override=DirectRoute, **kwargs
+        )
+        return endpoint
+
+    return declare
+
+
+def _hot_routes_first(app: FastAPI) -> None:
+    """Try the trial endpoints first: a request is matched against the routes in order, and
+    workers' requests are nearly all of them (each route tried costs ~1.5 µs)."""
+    def rank(route: Any) -> int:
+        path = str(getattr(route, "path", ""))
+        return 0 if path.startswith("/trial/packed/") else 1 if path.startswith("/trial/") else 2
+
+    app.router.routes.sort(key=rank)
 
 
 def packed_request(request: Request, query: type[Q]) -> tuple[Q, str | None]:
@@ -547,7 +584,8 @@ def create_app(
         )  # fmt: skip
         return await _trial_reply(T(), nxt, request, with_deadline=param.lease_seconds is not None)
 
-    @app.post(
+    @direct_post(
+        app,
         PACKED_RESERVE,
         response_model=PackedReserveAnswer,
         responses=NOTHING_LEFT,
@@ -565,7 +603,8 @@ def create_app(
         ))  # fmt: skip
         return _packed_reply(T(), res, request)
 
-    @app.post(
+    @direct_post(
+        app,
         PACKED_REGISTER,
         response_model=PackedOutcome,
         tags=["ld2"],
@@ -580,7 +619,8 @@ def create_app(
         outcome = await T().register(ref, values, request_id=request_id)
         return JSONResponse({"outcome": outcome})
 
-    @app.post(
+    @direct_post(
+        app,
         PACKED_CYCLE,
         response_model=PackedCycleAnswer,
         responses=NOTHING_LEFT,
@@ -716,6 +756,7 @@ def create_app(
         return await T().import_snapshot(data)
 
     # The last added runs first: auth from the headers alone, then the body limit and budget.
+    _hot_routes_first(app)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: no body byte read before it
@@ -840,7 +881,27 @@ async def _gone(request: Request) -> bool:
     """Whether the client has disconnected. The request's body is read first (cached): until
     it is, the server's next message is the body, not the disconnect."""
     await request.body()
+    step = request.receive()
+    if inspect.iscoroutine(step):
+        return _disconnected_now(step)
+    with contextlib.suppress(AttributeError):  # not a coroutine: Starlette's own look
+        step.close()  # type: ignore[attr-defined]
     return await request.is_disconnected()
+
+
+def _disconnected_now(step: Coroutine[Any, Any, Any]) -> bool:
+    """Whether a receive (`step`, not started) answers a disconnect without waiting.
+
+    Run to its first suspension here and closed if it would wait (the server has no message:
+    the client is still there). Starlette's `Request.is_disconnected` does the same with a
+    cancelled cancel scope, which cost ~40 µs a reserve answer, a tenth of the API's CPU."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        message = done.value or {}
+        return bool(message.get("type") == "http.disconnect")
+    step.close()
+    return False
 
 
 async def _unless_gone(request: Request, wait: float, reserve: Awaitable[R]) -> R | None:

@@ -95,3 +95,27 @@ def test_a_refused_long_poll_is_a_4xx_not_a_500(private_redis_url: str | None) -
         packed.text,
         plain.text,
     )
+
+
+async def test_a_disconnect_is_seen_without_waiting_and_a_live_client_is_not_taken_for_gone() -> (
+    None
+):
+    """`_gone`'s look at the next ASGI message: answered at once, never waiting for one."""
+    from starlette.requests import Request
+
+    from ld2.api.app import _gone
+
+    arrived = asyncio.Event()
+    messages: list[dict[str, object]] = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        await arrived.wait()  # a live client: the server has nothing to say yet
+        return {"type": "http.disconnect"}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    assert not await _gone(request)
+    assert not arrived._waiters  # type: ignore[attr-defined]  # the look left nothing waiting
+    messages.append({"type": "http.disconnect"})
+    assert await _gone(request)

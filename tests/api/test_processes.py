@@ -22,7 +22,7 @@ from tests.conftest import _free_port, wire_json
 
 @contextlib.contextmanager
 def api_process(
-    redis_url: str | None, *args: str, env: dict[str, str] | None = None
+    redis_url: str | None, *args: str, env: dict[str, str] | None = None, stdout: Any = None
 ) -> Iterator[str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "ld2", "api", "--port", str(port), *args]
@@ -32,7 +32,7 @@ def api_process(
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if stdout is None else stdout,
         stderr=subprocess.PIPE,
         cwd=workdir,
     )
@@ -58,6 +58,20 @@ def api_process(
 @pytest.fixture
 def redis_url(private_redis_url: str | None, embedded_url: str) -> str:
     return private_redis_url or embedded_url
+
+
+@pytest.mark.parametrize("flag", [None, "--access-log"])
+def test_the_access_log_is_off_unless_asked_for(
+    redis_url: str, flag: str | None, tmp_path: Path
+) -> None:
+    out = tmp_path / "stdout.txt"
+    with (
+        out.open("wb") as sink,
+        api_process(redis_url, *([flag] if flag else []), stdout=sink) as url,
+    ):
+        assert httpx.get(f"{url}/status").status_code == 200
+    lines = [line for line in out.read_text().splitlines() if '"GET /status HTTP/1.1" 200' in line]
+    assert len(lines) == (1 if flag else 0), out.read_text()
 
 
 def test_two_api_processes_share_one_redis(redis_url: str) -> None:
