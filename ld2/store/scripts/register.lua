@@ -14,7 +14,7 @@ if old then
   return old
 end
 local start, count = tonumber(ARGV[3]), tonumber(ARGV[4])
-local f = redis.call('HMGET', k.s, 'status', 'strategy', 'vlen')
+local f = redis.call('HMGET', k.s, 'status', 'strategy', 'vlen', 'total', 'done', 'failed')
 local status = f[1]
 if not status then
   return {'missing', ''}
@@ -103,7 +103,13 @@ if ARGV[7] ~= '' then
     redis.call('HSET', k.s, 'best_flat', fmt(start + tonumber(ARGV[8])), 'best_trial', tid)
   end
 end
-if maybe_complete(k, now) then
+-- every point registered or quarantined: done (the counts read above, as just updated; only
+-- then does maybe_complete read them again and write)
+local total, settled = tonumber(f[4]), tonumber(f[5]) + count + tonumber(f[6])
+if failed_m then
+  settled = settled - count
+end
+if total >= 0 and settled >= total and maybe_complete(k, now) then
   return remember(reply_key, reply_ttl, 1, {'ok', 'done'})
 end
 return remember(reply_key, reply_ttl, 1, {'ok', status})

@@ -57,14 +57,18 @@ if live > 0 and total >= 0 then
   end
 end
 
-reap_expired(k, now, max_attempts)
-if maybe_complete(k, now) then
+-- the counts read above, read again only when expired leases changed them
+local done_n, failed_n, reserved_n = tonumber(f[10]), tonumber(f[11]), tonumber(f[12])
+if reap_expired(k, now, max_attempts) > 0 then
+  local f2 = redis.call('HMGET', k.s, 'done', 'failed', 'reserved')
+  done_n, failed_n, reserved_n = tonumber(f2[1]), tonumber(f2[2]), tonumber(f2[3])
+end
+if total >= 0 and done_n + failed_n >= total and maybe_complete(k, now) then
   return {'inactive', 'done'}
 end
 if ARGV[7] == '1' and total >= 0 then
   -- a prefetch only while every trial in flight could still be followed by one of this size
-  local f2 = redis.call('HMGET', k.s, 'done', 'failed', 'reserved')
-  local waiting = total - tonumber(f2[1]) - tonumber(f2[2]) - tonumber(f2[3])
+  local waiting = total - done_n - failed_n - reserved_n
   if waiting < max_size * (redis.call('ZCARD', k.leases) + 2) then
     return {'later', status}
   end
