@@ -26,6 +26,11 @@ median over rounds, so every ratio is to the Pool of its own run. Prints one tab
 ``<out>.<checkout>.npy.json`` and ``<out>.<checkout>.json.json``). Anything after ``--`` goes
 to the harness unchanged (e.g. ``-- --chunk 512``).
 
+In the .npy runs the harness's clock also covers its own check of the results, ``np.unique(coords,
+axis=0)`` over every point (in the JSON runs it counts distinct points after the clock stops):
+measured apart with the harness's Python (`verification_seconds`) and printed, with each ld2
+.npy median without it.
+
 Cleanup: this process becomes a child subreaper, so whatever the harness starts stays its
 descendant even after the harness's own runner processes exit; on an error, Ctrl-C or SIGTERM
 every descendant gets SIGTERM (a harness runner then stops its redis-server and workers), and
@@ -132,6 +137,32 @@ def ld2_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in keep} for r in doc.get("runs", []) if r.get("system") == "ld2"]
 
 
+VERIFY = """\
+import statistics, sys, time
+import numpy as np
+side = int(sys.argv[1])
+y, x = np.meshgrid(np.linspace(-1.5, 1.5, side), np.linspace(-2.0, 1.0, side), indexing="ij")
+coords = np.stack([y.ravel(), x.ravel()], axis=1)
+took = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    assert len(np.unique(coords, axis=0)) == side * side
+    took.append(time.perf_counter() - t0)
+print(statistics.median(took))
+"""
+
+
+def verification_seconds(args: argparse.Namespace, side: int = 1024) -> float:
+    """What the harness's ld2 slot spends inside ld2's clock after the results are in hand
+    with LD2_RESULTS=npy: counting distinct points with ``np.unique(coords, axis=0)`` (with
+    LD2_RESULTS=json it counts them after stopping the clock). Measured on `side`² float
+    (y, x) points in grid order, as ld2 returns them, with the harness's own Python."""
+    python = args.venvs / "peers" / "bin" / "python"
+    out = subprocess.run([str(python), "-c", VERIFY, str(side)], check=True,
+                         capture_output=True, text=True)  # fmt: skip
+    return float(out.stdout.strip())
+
+
 def measure(
     args: argparse.Namespace, targets: list[Checkout], stem: Path
 ) -> dict[str, dict[str, Any]]:
@@ -221,6 +252,8 @@ def main() -> None:
                 if a.get("wall_median_s") and b.get("wall_median_s"):
                     cost.setdefault(t.label, {})[k] = b["wall_median_s"] - a["wall_median_s"]
     tbl = table(kernels, rows)
+    verify = verification_seconds(args)
+    pool = {k: (first.get(f"mp_pool/{k}") or {}).get("wall_median_s") for k in kernels}
     doc = {
         "bench": "peers",
         "targets": [t.to_dict() for t in targets],
@@ -241,6 +274,7 @@ def main() -> None:
             for label, p in passes.items()
         },
         "json_minus_npy_s": cost,
+        "harness_verification_s": verify,
         "table_md": tbl,
     }
     out.write_text(json.dumps(doc, indent=1))
@@ -253,6 +287,17 @@ def main() -> None:
         for k, v in ks.items():
             print(f"ld2 {label} {k}: lite_dist2's JSON GET /study costs about {v:+.2f} s over "
                   f".npy (the JSON run's median − the .npy run's)")  # fmt: skip
+    print(
+        f"\nthe harness's np.unique(coords, axis=0) inside ld2's clock (.npy runs): {verify:.2f} s"
+    )
+    for t in targets:
+        npy = passes[t.label]["npy"]["doc"]["summary"]
+        for k in kernels:
+            d, base = npy.get(f"ld2/{k}") or {}, pool.get(k)
+            if d.get("wall_median_s") and base:
+                rest = d["wall_median_s"] - verify
+                print(f"ld2 {t.label} {k} (.npy) without it: {rest:.2f} s = {rest / base:.2f}× "
+                      f"mp_pool's median ({base:.2f} s)")  # fmt: skip
     print(f"\nload at start: {started['uptime']}\nload at end:   {doc['finished']['uptime']}")
     print(f"wrote {out} (the harness's own files: {out.with_suffix('')}.*)")
 
