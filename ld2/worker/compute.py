@@ -26,7 +26,7 @@ import signal
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import numpy as np
@@ -71,14 +71,15 @@ def _write(fd: int, payload: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _read_blocking(fd: int, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+def _read_message(jobs: BinaryIO) -> bytes | None:
+    """The next message from the worker; None once it closed the pipe. Read through a
+    buffer: a message's header and body come in one read (a system call saved a trial)."""
+    header = jobs.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    size = _HEADER.unpack(header)[0]
+    body = jobs.read(size)
+    return body if len(body) == size else None
 
 
 def _init_child(imports: Sequence[str], parent: int) -> None:
@@ -102,9 +103,9 @@ def _serve(jobs: int, out: int, others: Sequence[int], imports: Sequence[str], p
         os.close(fd)
     _init_child(imports, parent)
     specs: dict[str, StudySpec] = {}
+    reader = open(jobs, "rb", buffering=1 << 16)  # noqa: SIM115  # read until the process exits
     while True:
-        header = _read_blocking(jobs, _HEADER.size)
-        body = None if header is None else _read_blocking(jobs, _HEADER.unpack(header)[0])
+        body = _read_message(reader)
         if body is None:
             os._exit(0)  # the worker closed the pipe: it is ending
         message = pickle.loads(body)
