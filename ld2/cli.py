@@ -624,8 +624,8 @@ def worker(
     prefetch: Annotated[
         bool,
         typer.Option(
-            help="Keep two trials leased ahead of the one each slot computes (refused near "
-            "a study's end, so that no worker idles while another holds spare trials)."
+            help="Lease each slot's next trial while it computes one (refused near a study's "
+            "end, so that no worker idles while another holds two)."
         ),
     ] = True,
     verbose: Annotated[

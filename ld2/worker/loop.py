@@ -1,12 +1,11 @@
 """The worker: reserve trials, compute them in its compute processes, register the results.
 
 Each of `processes` slots runs its own loop with its own compute process
-(`ld2.worker.compute`) and keeps `PREFETCH_DEPTH` trials leased ahead of the one it computes
-(a *prefetch*): while a trial computes, the slot registers the trial before it and leases one
-more in the same round trip, so that the next computation starts the moment this one ends, and
-keeps the leases it holds alive. Near the end of a study the store refuses prefetches (a worker
-holding spare trials must not leave another idle); the slot then registers and reserves in
-series. An idle slot waits on the store's wake-up (a study
+(`ld2.worker.compute`): while a trial computes, the slot registers the trial before it and
+leases the next one in the same round trip (a *prefetch*), so that the next computation starts
+the moment this one ends, and keeps the leases it holds alive. Near the end of a study the
+store refuses prefetches (a worker holding two trials must not leave another idle); the slot
+then registers and reserves in series. An idle slot waits on the store's wake-up (a study
 registered or resumed, a range handed back) rather than polling, with `idle_wait` as the
 longest wait before it looks again.
 
@@ -18,9 +17,8 @@ trial limit (`--trial-limit`, else `LIMIT_FACTOR` times what this worker's avera
 least `LIMIT_FLOOR`) has its process ended and fails the trial.
 
 The loop's concurrency is structured (anyio task groups and cancel scopes): the lease keeper
-and the store calls beside the computations (one at a time, queued) live in the slot's task
-group, and the slot waits for the last of them before it ends; a stop cancels the scopes of the
-waits and computations in progress, and registrations and hand-backs run shielded.
+and the prefetch of a trial live in that trial's task group and never outlive it; a stop
+cancels the scopes of the waits and computations in progress, and hand-backs run shielded.
 """
 
 from __future__ import annotations
@@ -31,13 +29,11 @@ import random
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import anyio.abc
 import numpy as np
 
 from ld2.core.errors import BackendUnavailable, NotFound, RunnerMismatch, TrialRejected
@@ -67,11 +63,6 @@ stop (a signal to the process group reaches both, in no set order) before it bla
 LONGEST_WAIT = 30.0
 """Seconds one reserve of an idle slot may wait for a wake-up (a longer --idle-wait waits in
 steps of this: an HTTP API answers long polls of up to 30 s)."""
-PREFETCH_DEPTH = 2
-"""Trials a slot leases ahead of the one it computes (with prefetch). With one, every round
-trip slower than a computation stalls the slot (an API on a busy machine: 0.4 s of a 1.4 s
-sweep); with two, the registration of a trial and the lease after next overlap a whole
-computation."""
 FIRST_LIMIT = 600.0
 """...and, before this worker has computed a trial of the study with that runner (nothing to
 average), this many seconds."""
@@ -111,18 +102,13 @@ class WorkerStats:
 
 @dataclass
 class _Hold:
-    """The trials one slot holds: the one it computes and those it leased ahead (in order);
-    the scope of the computation in progress, the trial the table said to abandon, and the
-    end of the store call running beside the computation (`Worker._ahead`), if one is."""
+    """The trials one slot holds: the one it computes and the one it leased ahead; the scope
+    of the computation in progress, and the trial the table said to abandon."""
 
     current: Reservation | None = None
-    ahead: deque[Reservation] = field(default_factory=deque)
+    ahead: Reservation | None = None
     computing: anyio.CancelScope | None = None
     abandoned: Reservation | None = None
-    beside: anyio.Event | None = None
-
-    def held(self) -> list[Reservation]:
-        return [res for res in (self.current, *self.ahead) if res is not None]
 
 
 class Worker:
@@ -226,64 +212,53 @@ class Worker:
         )  # fmt: skip
 
     async def _slot(self, k: int, proc: ComputeProcess) -> None:
-        """One compute slot: its trial loop, beside it the keeper of its leases, and the store
-        calls that run beside its computations (`_ahead`, one at a time)."""
+        """One compute slot: its trial loop, and beside it the keeper of its leases."""
         hold = _Hold()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_leases, hold)
             try:
-                await self._trials(k, proc, hold, tg)
+                await self._trials(k, proc, hold)
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _trials(
-        self, k: int, proc: ComputeProcess, hold: _Hold, tg: anyio.abc.TaskGroup
-    ) -> None:
+    async def _trials(self, k: int, proc: ComputeProcess, hold: _Hold) -> None:
         caps = list(self.runners)
         finished: tuple[Reservation, np.ndarray] | None = None  # computed, not yet registered
         self._worked_at = time.monotonic()
         try:
             while not self.stopping:
-                if hold.current is None and hold.ahead:
-                    hold.current = hold.ahead.popleft()
                 if hold.current is None:
-                    if hold.beside is not None:  # what is in flight may bring a trial
-                        await hold.beside.wait()
-                    elif finished is not None:  # no prefetch: in series
-                        # (with --no-prefetch, or refused near the end of a study)
-                        hold.current = await self._settle(finished, caps, prefetch=False)
-                        finished = None
-                    else:
-                        self.probe.holding(k, None)
-                        if not await self._idle(hold, caps):
-                            break
+                    hold.current, hold.ahead = hold.ahead, None
+                if hold.current is None and finished is not None:  # no prefetch: in series
+                    # (with --no-prefetch, or refused near the end of a study)
+                    hold.current = await self._settle(finished, caps, prefetch=False)
+                    finished = None
+                    continue
+                if hold.current is None:
+                    self.probe.holding(k, None)
+                    if not await self._idle(hold, caps):
+                        break
                     continue
                 res = hold.current
                 self.probe.holding(k, res)
-                if self.config.prefetch and (
-                    finished is not None
-                    or (hold.beside is None and len(hold.ahead) < PREFETCH_DEPTH)
-                ):
-                    done = anyio.Event()  # queued behind the call in flight, if any
-                    size = self._size_for(res)
-                    tg.start_soon(self._ahead, caps, finished, size, hold, hold.beside, done)
-                    hold.beside = done
-                    finished = None
-                values = await self._compute(res, proc, hold)
+                async with anyio.create_task_group() as tg:
+                    if self.config.prefetch and finished is not None:
+                        tg.start_soon(self._settle_ahead, finished, caps, hold)
+                        finished = None
+                    elif self.config.prefetch and hold.ahead is None:
+                        tg.start_soon(self._reserve_ahead, caps, res, hold)
+                    values = await self._compute(res, proc, hold)
                 hold.current = None
                 if values is not None:
                     finished = (res, values)
         finally:
             with anyio.CancelScope(shield=True):
-                if hold.beside is not None:  # a registration in flight ends; a lease is cut
-                    await hold.beside.wait()
                 if finished is not None:  # computed: its results are kept
                     await self._settle(finished, caps, prefetch=False, reserve=False)
-                for held in hold.held():
-                    await self._hand_back(held, "worker stopped", "release")
-                    self.stats.handed_back += 1
-                hold.current = None
-                hold.ahead.clear()
+                for held in (hold.current, hold.ahead):
+                    if held is not None:
+                        await self._hand_back(held, "worker stopped", "release")
+                        self.stats.handed_back += 1
             self.probe.holding(k, None)
 
     async def _idle(self, hold: _Hold, caps: list[str]) -> bool:
@@ -339,38 +314,14 @@ class Worker:
                 await self._hand_back(res, "worker stopped", "release")
         self._unanswered.clear()
 
-    async def _ahead(
-        self,
-        caps: list[str],
-        finished: tuple[Reservation, np.ndarray] | None,
-        size: int,
-        hold: _Hold,
-        after: anyio.Event | None,
-        done: anyio.Event,
+    async def _reserve_ahead(self, caps: list[str], res: Reservation, hold: _Hold) -> None:
+        """Lease the slot's next trial while `res` computes (refused near a study's end)."""
+        hold.ahead = await self._reserve(caps, self._size_for(res), prefetch=True)
+
+    async def _settle_ahead(
+        self, finished: tuple[Reservation, np.ndarray], caps: list[str], hold: _Hold
     ) -> None:
-        """Beside the computations, once the call before it (`after`) is over: register the
-        trial computed last and lease one in its place in the same round trip (the slot's
-        count of trials stays what it was), or, with none to register, lease until
-        `PREFETCH_DEPTH` trials wait. Each lease is a prefetch, which the store refuses near a
-        study's end. The calls queue up rather than hold the slot: with trials leased ahead,
-        the next computation starts while the API or Redis is still answering."""
-        try:
-            if after is not None:
-                await after.wait()
-            if finished is not None:
-                nxt = await self._settle(finished, caps, prefetch=True)
-                if nxt is not None:
-                    hold.ahead.append(nxt)
-                return
-            while len(hold.ahead) < PREFETCH_DEPTH and not self.stopping:
-                nxt = await self._reserve(caps, size, prefetch=True)
-                if nxt is None:
-                    return
-                hold.ahead.append(nxt)
-        finally:
-            if hold.beside is done:  # the last call queued: none is in flight now
-                hold.beside = None
-            done.set()
+        hold.ahead = await self._settle(finished, caps, prefetch=self.config.prefetch)
 
     async def _settle(
         self,
@@ -509,7 +460,7 @@ class Worker:
         shorter, from when this keeper first sees it (short trials never are)."""
         seen: dict[str, float] = {}  # trial id -> when last heartbeaten (or first seen)
         while True:
-            held = hold.held()
+            held = [res for res in (hold.current, hold.ahead) if res is not None]
             await anyio.sleep(min([0.5, *(self._beat_every(res) / 2 for res in held)]))
             now = time.monotonic()
             seen = {res.trial_id: seen.get(res.trial_id, now) for res in held}
@@ -527,8 +478,8 @@ class Worker:
                     hold.abandoned = res
                     if hold.computing is not None:
                         hold.computing.cancel()
-                elif res in hold.ahead:
-                    hold.ahead.remove(res)
+                elif res is hold.ahead:
+                    hold.ahead = None
                     log.info("trial %s (leased ahead) dropped: the table answered stop",
                              res.trial_id)  # fmt: skip
 

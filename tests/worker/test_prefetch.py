@@ -18,7 +18,7 @@ import pytest
 
 from ld2.store.redis import RedisTable
 from ld2.worker import runners
-from ld2.worker.loop import LONGEST_WAIT, PREFETCH_DEPTH, Worker, WorkerConfig
+from ld2.worker.loop import LONGEST_WAIT, Worker, WorkerConfig
 from tests.conftest import make_table
 from tests.store.helpers import all_results, int_axis, registry
 
@@ -62,16 +62,11 @@ async def _trials_held(table: RedisTable, sid: str) -> int:
     return int(await table.client.zcard(table.study_keys(sid).leases))
 
 
-HELD = 1 + PREFETCH_DEPTH
-"""Trials a prefetching slot holds: the one it computes and those leased ahead."""
-assert HELD == 3, "the tests below spell out three ranges"
+async def _held_two(table: RedisTable, sid: str) -> bool:
+    return await _trials_held(table, sid) == 2
 
 
-async def _held_all(table: RedisTable, sid: str) -> bool:
-    return await _trials_held(table, sid) == HELD
-
-
-async def test_a_slot_holds_the_next_trials_while_it_computes_and_hands_them_back_on_stop(
+async def test_a_slot_holds_the_next_trial_while_it_computes_and_hands_both_back_on_stop(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = _module(tmp_path, monkeypatch, seconds=30.0)  # computing until stopped
@@ -79,47 +74,19 @@ async def test_a_slot_holds_the_next_trials_while_it_computes_and_hands_them_bac
         sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
         worker = _worker(table, module, max_size=10, exit_when_idle=None)
         task = asyncio.create_task(worker.run())
-        await _until("the prefetch", lambda: _held_all(table, sid))
+        await _until("the prefetch", lambda: _held_two(table, sid))
         worker.stop()
         with anyio.fail_after(BOUND):
             stats = await task
-        assert stats.handed_back == HELD and stats.trials == 0 and stats.failures == 0
+        assert stats.handed_back == 2 and stats.trials == 0 and stats.failures == 0
         state = await table.get_study(sid)
         assert (state.reserved, state.done, state.failed) == (0, 0, 0)
-        # every range is back, first, without an attempt counted
-        again = [await table.reserve(["slow"], 10, "other") for _ in range(HELD)]
+        # both ranges are back, first, without an attempt counted
+        again = [await table.reserve(["slow"], 10, "other") for _ in range(2)]
         assert sorted((r.start, r.count, r.attempt) for r in again if r) == [
             (0, 10, 0),
             (10, 10, 0),
-            (20, 10, 0),
         ]
-
-
-async def test_a_slot_never_holds_more_than_its_depth_ahead(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Trials of 0.2 s: while the slot works through a study its leases never pass the one
-    computing plus `PREFETCH_DEPTH` (sampled at every lease the store grants)."""
-    module = _module(tmp_path, monkeypatch, seconds=0.2)
-    async with make_table(request, "valkey") as table:
-        sid = await table.register_study(registry([int_axis("x", 60)], capacity=["slow"]))
-        seen: list[int] = []
-        for name in ("reserve", "register_and_reserve"):
-            real = getattr(table, name)
-
-            def counting(real: Any = real) -> Any:
-                async def call(*args: Any, **kwargs: Any) -> Any:
-                    got = await real(*args, **kwargs)
-                    seen.append(await _trials_held(table, sid))
-                    return got
-
-                return call
-
-            monkeypatch.setattr(table, name, counting())
-        worker = _worker(table, module, max_size=10, exit_when_idle=0.3, idle_wait=0.05)
-        with anyio.fail_after(BOUND):
-            stats = await worker.run()
-        assert stats.points == 60 and max(seen) == HELD  # reached, never passed
 
 
 async def test_prefetched_trials_complete_a_study_exactly_once(
@@ -157,8 +124,8 @@ asyncio.run(main())
 async def test_a_prefetched_trial_of_a_killed_worker_comes_back(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGKILL while a slot holds a trial and those ahead: their leases expire, the reaper
-    requeues them all, another worker computes them; every point once."""
+    """SIGKILL while a slot holds a trial and the one ahead: both leases expire, the reaper
+    requeues both, another worker computes them; every point once."""
     module = _module(tmp_path, monkeypatch, seconds=30.0)
     async with make_table(request, "redis") as table:
         sid = await table.register_study(registry([int_axis("x", 100)], capacity=["slow"]))
@@ -170,26 +137,22 @@ async def test_a_prefetched_trial_of_a_killed_worker_comes_back(
             env=env, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:
-            await _until("the prefetch", lambda: _held_all(table, sid))
+            await _until("the prefetch", lambda: _held_two(table, sid))
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the worker and its compute processes
             proc.wait()
         reaped = 0
 
-        async def reaped_all() -> bool:
+        async def reaped_both() -> bool:
             nonlocal reaped
             reaped += await table.reap()
-            return reaped == HELD
+            return reaped == 2
 
-        await _until("every lease reaped", reaped_all)
+        await _until("both leases reaped", reaped_both)
         state = await table.get_study(sid)
         assert (state.reserved, state.done) == (0, 0)
-        back = [await table.reserve(["slow"], 10, "other") for _ in range(HELD)]
-        assert sorted((r.start, r.count, r.attempt) for r in back if r) == [
-            (0, 10, 1),
-            (10, 10, 1),
-            (20, 10, 1),
-        ]
+        back = [await table.reserve(["slow"], 10, "other") for _ in range(2)]
+        assert sorted((r.start, r.count, r.attempt) for r in back if r) == [(0, 10, 1), (10, 10, 1)]
 
 
 async def test_without_wake_ups_an_idle_worker_still_finds_work(

@@ -6,7 +6,7 @@
 -- a worker whose trial size was set by a faster study cannot take the rest while others idle.
 --       '1' when the lease is a prefetch (a worker's next trial, taken while it computes one):
 --       refused with {'later', status} when the study has few points left waiting, so that a
---       worker holding spare trials never leaves another idle at the end of a study
+--       worker holding two trials never leaves another idle at the end of a study
 -- With a request id: KEYS[N_RESERVE + 1] is its reply key, ARGV[8] the reply's expiry (ms); a lease this
 -- id already holds (leased to this worker, not expired) is answered again, with its current
 -- deadline, instead of a second one. ARGV[9] 'replay': only that; else {'skipped', status}.
