@@ -12,15 +12,18 @@ poll, timed from the submission until the study is done. Three ways:
 
 Sizes: 1024×1024 (1,024 trials of 1,024 points; the goal: ``--api`` within 1.2× of
 ``--redis``) and 256×256 (the 65,536-point study of the first report). ``--rounds N`` repeats
-each measurement and prints the median. Besides wall time, each line gives the CPU seconds the
-sweep cost the workers (with their compute processes), the API process and redis-server: on a
-machine whose cores are all busy computing, every extra CPU second of the API path is wall time.
+each measurement and prints the median. ``--repo DIR`` (repeatable) measures several
+checkouts in the same run, each with its own APIs on the one redis-server, interleaved.
+Besides wall time, each line gives the CPU seconds the sweep cost the workers (with their
+compute processes), the API process and redis-server: on a machine whose cores are all busy
+computing, every extra CPU second of the API path is wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -38,6 +41,7 @@ from ld2.store.http import HttpTable
 from ld2.store.redis import RedisTable
 
 sys.path.insert(0, str(Path(__file__).parent))
+from benchkit import Checkout, add_target_options, checkouts
 from common import free_port, mandelbrot_registry, private_redis
 
 CAPACITY = "mandelbrot"
@@ -73,15 +77,18 @@ def redis_pid(url: str) -> int | None:
 
 
 @contextmanager
-def api_server(redis_url: str, prefix: str, *, packed: bool) -> Iterator[tuple[str, int]]:
-    """``ld2 api`` on a free port; with ``packed=False`` the same app without the packed
-    endpoints (this script, run as ``--serve-json``), as an ld2 API from before them."""
+def api_server(
+    redis_url: str, prefix: str, *, packed: bool, python: str = sys.executable
+) -> Iterator[tuple[str, int]]:
+    """``ld2 api`` (of the checkout whose interpreter is `python`) on a free port; with
+    ``packed=False`` the same app without the packed endpoints (this script, run as
+    ``--serve-json``), as an ld2 API from before them."""
     port = free_port()
     if packed:
-        cmd = [sys.executable, "-m", "ld2", "api", "--port", str(port), "--redis", redis_url,
+        cmd = [python, "-m", "ld2", "api", "--port", str(port), "--redis", redis_url,
                "--prefix", prefix]  # fmt: skip
     else:
-        cmd = [sys.executable, __file__, "--serve-json", str(port), redis_url, prefix]
+        cmd = [python, __file__, "--serve-json", str(port), redis_url, prefix]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -117,7 +124,13 @@ Costs = dict[str, float]
 
 
 async def sweep(
-    redis_url: str, prefix: str, api: tuple[str, int], n: int, through: str, count: int = 2
+    redis_url: str,
+    prefix: str,
+    api: tuple[str, int],
+    n: int,
+    through: str,
+    count: int = 2,
+    python: str = sys.executable,
 ) -> tuple[float, Costs]:
     """Seconds from submitting an n×n study over HTTP (both workers already polling) until it
     is done, and the CPU seconds spent meanwhile; the workers use ``through``: ``--api`` (the
@@ -128,7 +141,7 @@ async def sweep(
     submitter = HttpTable(api_url)
     target = api_url if through == "--api" else redis_url
     env = {**os.environ, "LD2_PREFIX": prefix}
-    cmd = [sys.executable, "-m", "ld2", "worker", through, target, "--capacity", CAPACITY,
+    cmd = [python, "-m", "ld2", "worker", through, target, "--capacity", CAPACITY,
            "--processes", "1"]  # fmt: skip
     if TRIAL:
         cmd += ["--max-size", str(TRIAL)]
@@ -164,53 +177,58 @@ async def sweep(
         await observer.close()
 
 
-def _state() -> str:
-    """The tree measured: the commit, and what differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root
-    ).stdout.strip()
-    diff = subprocess.run(
-        ["git", "diff", "--stat"], capture_output=True, text=True, cwd=root
-    ).stdout.strip()
-    return f"commit {head}; git diff --stat:\n{diff or '(clean)'}"
+def python_of(target: Checkout) -> str:
+    """The interpreter of a checkout's ld2 (the ``python`` beside its ``ld2`` script)."""
+    return str(target.ld2.parent / "python")
 
 
-async def main(rounds: int, sizes: list[int], workers: int, json: bool) -> None:
-    print(_state())
-    with private_redis() as url:
-        prefix = f"bh{uuid.uuid4().hex[:6]}"
-        with (
-            api_server(url, prefix, packed=True) as api,
-            api_server(url, prefix, packed=False) as old_api,
-        ):
+async def main(
+    targets: list[Checkout], rounds: int, sizes: list[int], workers: int, json: bool
+) -> None:
+    for t in targets:
+        print(f"{t.label}: {t.describe()}")
+    with private_redis() as url, contextlib.ExitStack() as stack:
+        servers = {}
+        for t in targets:  # each checkout's own APIs, under its own key prefix
+            prefix = f"bh{uuid.uuid4().hex[:6]}"
+            python = python_of(t)
+            api = stack.enter_context(api_server(url, prefix, packed=True, python=python))
             ways = {"--redis": (api, "--redis"), "--api": (api, "--api")}
             if json:
-                ways["--api, JSON"] = (old_api, "--api")
-            for n in sizes:
-                times: dict[str, list[float]] = {how: [] for how in ways}
-                costs: dict[str, list[Costs]] = {how: [] for how in ways}
-                for _ in range(rounds):
+                old = stack.enter_context(api_server(url, prefix, packed=False, python=python))
+                ways["--api, JSON"] = (old, "--api")
+            servers[t.label] = (prefix, python, ways)
+        for n in sizes:
+            times: dict[tuple[str, str], list[float]] = {}
+            costs: dict[tuple[str, str], list[Costs]] = {}
+            for rnd in range(rounds):
+                shift = rnd % len(targets)  # a rotating order: nobody always goes first
+                for t in targets[shift:] + targets[:shift]:
+                    prefix, python, ways = servers[t.label]
                     for how, (server, through) in ways.items():
-                        took, spent = await sweep(url, prefix, server, n, through, workers)
-                        times[how].append(took)
-                        costs[how].append(spent)
-                med = {k: statistics.median(v) for k, v in times.items()}
+                        took, spent = await sweep(
+                            url, prefix, server, n, through, workers, python=python
+                        )
+                        times.setdefault((t.label, how), []).append(took)
+                        costs.setdefault((t.label, how), []).append(spent)
+            print(
+                f"{n}x{n} ({n * n:,} points, {f'{TRIAL}-point' if TRIAL else 'adaptive'} "
+                f"trials, {workers} workers × 1 process, "
+                f"median of {rounds}; CPU s: workers / API / redis-server, median):"
+            )
+            for t in targets:
+                med = {how: statistics.median(times[(t.label, how)]) for how in servers[t.label][2]}
                 base = med["--redis"]
-                print(
-                    f"{n}x{n} ({n * n:,} points, {f'{TRIAL}-point' if TRIAL else 'adaptive'} "
-                    f"trials, {workers} workers × 1 process, "
-                    f"median of {rounds}; CPU s: workers / API / redis-server, median):"
-                )
-                for how, t in med.items():
-                    runs = ", ".join(f"{x:.2f}" for x in times[how])
+                for how, took in med.items():
+                    runs = ", ".join(f"{x:.2f}" for x in times[(t.label, how)])
                     cpu = " / ".join(
-                        f"{statistics.median(c[part] for c in costs[how]):.2f}"
+                        f"{statistics.median(c[part] for c in costs[(t.label, how)]):.2f}"
                         for part in ("workers", "api", "redis")
                     )
-                    print(f"  {how:12s} {t:6.2f} s ({t / base:5.2f}× --redis)  [{runs}]  CPU {cpu}")
+                    print(f"  {t.label} {how:12s} {took:6.2f} s ({took / base:5.2f}× --redis)  "
+                          f"[{runs}]  CPU {cpu}")  # fmt: skip
                 goal = " (goal ≤ 1.2)" if n == 1024 else ""
-                print(f"  --api / --redis: {med['--api'] / base:.2f}{goal}")
+                print(f"  {t.label} --api / --redis: {med['--api'] / base:.2f}{goal}")
 
 
 if __name__ == "__main__":
@@ -223,7 +241,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--no-json", action="store_true", help="skip the JSON (old) way")
     parser.add_argument("--max-size", type=int, default=TRIAL, help="0: adaptive trial size")
+    add_target_options(parser)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     TRIAL = args.max_size
-    asyncio.run(main(args.rounds, args.sizes, args.workers, not args.no_json))
+    targets = checkouts(args.repo, args.ld2)
+    asyncio.run(main(targets, args.rounds, args.sizes, args.workers, not args.no_json))
