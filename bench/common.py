@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import redis
+from benchkit import float_axis, study_body
 
 from ld2.core import models as m
 
@@ -111,37 +112,8 @@ async def rate(fn: Callable[[int], Awaitable[object]], clients: int, seconds: fl
 
 def mandelbrot_registry(n: int, name: str, capacity: str) -> m.StudyRegistry:
     """An n×n Mandelbrot study (axes y then x, max_iter 255) for the runner `capacity`."""
-    step = (3.0 / n).hex()
+    step = 3.0 / n
+    axes = [float_axis("y", n, -1.5, step), float_axis("x", n, -2.0, step)]
     return m.StudyRegistry.model_validate(
-        {
-            "name": name,
-            "required_capacity": [capacity],
-            "study_strategy": {"type": "all_calculation", "study_strategy_param": None},
-            "suggest_strategy": {
-                "type": "sequential",
-                "suggest_strategy_param": {"strict_aligned": True},
-            },
-            "const_param": {"consts": [{"type": "int", "key": "max_iter", "value": "0xff"}]},
-            "result_type": "scalar",
-            "result_value_type": "int",
-            "parameter_space": {
-                "type": "aligned",
-                "axes": [
-                    {
-                        "name": "y",
-                        "type": "float",
-                        "size": hex(n),
-                        "step": step,
-                        "start": (-1.5).hex(),
-                    },
-                    {
-                        "name": "x",
-                        "type": "float",
-                        "size": hex(n),
-                        "step": step,
-                        "start": (-2.0).hex(),
-                    },
-                ],
-            },
-        }
+        study_body(name, capacity, axes, {"max_iter": 255})["study"]
     )

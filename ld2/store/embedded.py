@@ -51,8 +51,8 @@ LIVE_WAIT_S = 120.0
 """How long to wait for a live server that does not answer (busy, loading its append-only
 file, shutting down) before giving up. It is never replaced."""
 POLL = 0.003
-"""Seconds between looks at a server starting or stopping: both are part of every ``ld2 run``
-(a server starts in ~10 ms and stops in ~20 ms; a look costs ~0.1 ms)."""
+"""Seconds between looks at a server starting or stopping: both are part of every ``ld2 run``,
+and a look is cheap (a ping over the unix socket, or a process poll)."""
 
 
 def default_state_dir() -> Path:

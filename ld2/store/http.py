@@ -324,14 +324,8 @@ class HttpTable(Table):
             params["worker_node_id"] = worker_id
             if wait:
                 params["wait_seconds"] = repr(wait)
-            try:
-                resp = await self._request(
-                    "POST", PACKED_RESERVE, params=params, content=b"", request_id=rid,
-                    timeout=timeout,
-                )  # fmt: skip
-            except _NoSuchEndpoint:
-                self._packed = False
-            else:
+            resp = await self._packed_post(PACKED_RESERVE, params, b"", rid, timeout=timeout)
+            if resp is not None:
                 return await self._packed_reservation(resp, worker_id, worker_name)
         body: dict[str, Any] = {
             "retaining_capacity": sorted(capacities),
@@ -406,6 +400,24 @@ class HttpTable(Table):
             spec = await self.study_spec(trial.study_id)
         return results.pack(results.coerce(values, spec.value_type, spec.vector, trial.count))
 
+    async def _packed_post(
+        self,
+        path: str,
+        params: dict[str, Any],
+        body: bytes,
+        request_id: str,
+        timeout: float | None = None,
+    ) -> Any:
+        """POST to one of ld2's packed endpoints; None when the API does not serve them (an
+        older ld2, lite_dist2): then this table speaks JSON from now on."""
+        try:
+            return await self._request(
+                "POST", path, params=params, content=body, request_id=request_id, timeout=timeout
+            )
+        except _NoSuchEndpoint:
+            self._packed = False
+            return None
+
     async def register(
         self, trial: TrialRef, values: np.ndarray, *, request_id: str | None = None
     ) -> Outcome:
@@ -413,13 +425,8 @@ class HttpTable(Table):
         if self._packed:
             params = _trial_params(trial)
             body = await self._pack(trial, values)
-            try:
-                resp = await self._request(
-                    "POST", PACKED_REGISTER, params=params, content=body, request_id=rid
-                )
-            except _NoSuchEndpoint:
-                self._packed = False
-            else:
+            resp = await self._packed_post(PACKED_REGISTER, params, body, rid)
+            if resp is not None:
                 return _outcome(json.loads(resp.content))
         return await self._post_trial(self._upload(trial, values), request_id=rid)
 
@@ -443,13 +450,8 @@ class HttpTable(Table):
             params = _trial_params(trial)
             params |= _lease_params(capacities, max_size, worker_name, lease, prefetch)
             body = await self._pack(trial, values)
-            try:
-                resp = await self._request(
-                    "POST", PACKED_CYCLE, params=params, content=body, request_id=rid
-                )
-            except _NoSuchEndpoint:
-                self._packed = False
-            else:
+            resp = await self._packed_post(PACKED_CYCLE, params, body, rid)
+            if resp is not None:
                 outcome = _outcome(json.loads(resp.content))
                 return outcome, await self._packed_reservation(resp, trial.worker_id, worker_name)
         if not self._has_cycle or not isinstance(trial, Reservation):
