@@ -85,7 +85,7 @@ def api_server(
     ``--serve-json``), as an ld2 API from before them."""
     port = free_port()
     if packed:
-        cmd = [python, "-m", "ld2", "api", "--port", str(port), "--redis", redis_url,
+        cmd = [python, "-P", "-m", "ld2", "api", "--port", str(port), "--redis", redis_url,
                "--prefix", prefix]  # fmt: skip
     else:
         cmd = [python, __file__, "--serve-json", str(port), redis_url, prefix]
@@ -141,7 +141,7 @@ async def sweep(
     submitter = HttpTable(api_url)
     target = api_url if through == "--api" else redis_url
     env = {**os.environ, "LD2_PREFIX": prefix}
-    cmd = [python, "-m", "ld2", "worker", through, target, "--capacity", CAPACITY,
+    cmd = [python, "-P", "-m", "ld2", "worker", through, target, "--capacity", CAPACITY,
            "--processes", "1"]  # fmt: skip
     if TRIAL:
         cmd += ["--max-size", str(TRIAL)]
@@ -178,7 +178,9 @@ async def sweep(
 
 
 def python_of(target: Checkout) -> str:
-    """The interpreter of a checkout's ld2 (the ``python`` beside its ``ld2`` script)."""
+    """The interpreter of a checkout's ld2 (the ``python`` beside its ``ld2`` script). It runs
+    ``-P -m ld2``: without ``-P`` the current directory comes first on ``sys.path``, and every
+    checkout measured from this one would run this one's ``ld2/``."""
     return str(target.ld2.parent / "python")
 
 

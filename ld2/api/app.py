@@ -46,8 +46,8 @@ from ld2.api.security import (
     declare_bearer,
     validation_errors,
 )
+from ld2.core import batch, results
 from ld2.core import models as m
-from ld2.core import results
 from ld2.core.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -56,12 +56,23 @@ from ld2.core.errors import (
     TrialRejected,
 )
 from ld2.core.planning import check_max_size
+from ld2.core.study import StudySpec
 from ld2.core.subspace import jagged_points_json
 from ld2.core.upload import check_upload
-from ld2.store.base import FailMode, Outcome, Progress, Reservation, StudyState, Table, TrialRef
+from ld2.store.base import (
+    FailMode,
+    Outcome,
+    Progress,
+    Reservation,
+    Settled,
+    StudyState,
+    Table,
+    TrialRef,
+)
 from ld2.store.files import reap_periodically, save_periodically, save_snapshot
 from ld2.store.wire_client import (
     MAX_WAIT_SECONDS,
+    PACKED_BATCH,
     PACKED_CYCLE,
     PACKED_REGISTER,
     PACKED_RESERVE,
@@ -260,6 +271,15 @@ class PackedCycleQuery(PackedTrialQuery, PackedLeaseQuery):
     """The query of ``/trial/packed/cycle``: the trial registered, and what to lease next."""
 
 
+class PackedBatchQuery(PackedLeaseQuery):
+    """The query of ``/trial/packed/batch``: the worker, and how many trials to lease."""
+
+    worker_node_id: str
+    lease_count: int = Field(
+        1, ge=0, le=batch.BATCH_LIMIT, description="trials to lease at most (0: none)"
+    )
+
+
 class PackedTrial(BaseModel):
     """A lease, as numbers: the trial is the flat range ``[start, start+count)`` of the study
     (whose spec the client fetched once, ``GET /study/info``); times are epoch ms, Redis time."""
@@ -285,10 +305,33 @@ class PackedCycleAnswer(PackedReserveAnswer):
     outcome: Literal["ok", "ignored"]
 
 
+class PackedRefusal(BaseModel):
+    """A trial of a batch not registered: its study is gone (``not_found``), or the table
+    refused it (``rejected``, with the `reason` a 409 names, e.g. the lease was lost)."""
+
+    refused: Literal["not_found", "rejected"]
+    reason: str | None = None
+    detail: str
+
+
+class PackedBatchAnswer(BaseModel):
+    outcomes: list[PackedOutcome | PackedRefusal]
+    trials: list[PackedTrial]
+
+
 PACKED_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The trial's results as `ld2.core.results.pack` writes them.",
+        "content": {PACKED_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The trials' results: a 4-byte big-endian length, a JSON list of "
+        "{study_id, trial_id, start, count, bytes}, then each trial's packed results in order "
+        "(`ld2.core.batch`).",
         "content": {PACKED_TYPE: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -640,6 +683,35 @@ def create_app(
         )  # fmt: skip
         return _packed_reply(T(), nxt, request, outcome)
 
+    @direct_post(
+        app,
+        PACKED_BATCH,
+        response_model=PackedBatchAnswer,
+        tags=["ld2"],
+        openapi_extra=query_parameters(PackedBatchQuery) | BATCH_BODY,
+    )
+    async def packed_batch(request: Request) -> Response:
+        """Register several trials' packed results and lease up to ``lease_count`` more in one
+        request: ld2's workers on trials much shorter than a round trip. ``outcomes`` answers
+        each trial in order; a refused one (its study gone, its lease lost) does not stop the
+        others. Every upload is checked before anything is stored."""
+        q, request_id = packed_request(request, PackedBatchQuery)
+        check_max_size(q.max_size)  # before anything is stored
+        parts = await _batch_upload(T(), request, q.worker_node_id)
+        known = [part for part in parts if not isinstance(part, NotFound)]
+        settled, leased = await T().register_batch(
+            known, q.retaining_capacity, q.max_size, q.worker_node_id, q.worker_node_name,
+            lease=q.lease_seconds, request_id=request_id, prefetch=q.prefetch,
+            lease_count=q.lease_count,
+        )  # fmt: skip
+        answers = iter(settled)
+        outcomes = [_settled_wire(p if isinstance(p, NotFound) else next(answers)) for p in parts]
+        body = json.dumps(
+            {"outcomes": outcomes, "trials": [_packed_trial(r) for r in leased]},
+            separators=(",", ":"),
+        ).encode()
+        return TrialResponse(body, T(), leased, request)
+
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
     async def reap() -> ReapResponse:
         """Hand back every expired lease now (the API also does it periodically)."""
@@ -818,21 +890,28 @@ class TrialResponse(Response):
 
     media_type = "application/json"
 
-    def __init__(self, body: bytes, table: Table, res: Reservation, request: Request) -> None:
+    def __init__(
+        self, body: bytes, table: Table, leased: Reservation | list[Reservation], request: Request
+    ) -> None:
         super().__init__(body)
         self.table = table
-        self.res = res
+        self.leased = leased if isinstance(leased, list) else [leased]
         self.request = request  # the endpoint's: its body read, so a disconnect is seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.leased:
+            await super().__call__(scope, receive, send)
+            return
         try:
             if await _gone(self.request):
-                log.info("client gone before trial %s was sent: released", self.res.trial_id)
-                await _release(self.table, self.res, "the client disconnected")
+                for res in self.leased:
+                    log.info("client gone before trial %s was sent: released", res.trial_id)
+                    await _release(self.table, res, "the client disconnected")
                 return
             await super().__call__(scope, receive, send)
         except BaseException:
-            await _release(self.table, self.res, "the reserve answer could not be sent")
+            for res in self.leased:
+                await _release(self.table, res, "the reserve answer could not be sent")
             raise
 
 
@@ -844,7 +923,13 @@ def _packed_reply(
     answer: dict[str, Any] = {} if outcome is None else {"outcome": outcome}
     if res is None:
         return JSONResponse(answer | {"trial": None}, status_code=202)
-    answer["trial"] = {
+    answer["trial"] = _packed_trial(res)
+    return TrialResponse(json.dumps(answer, separators=(",", ":")).encode(), table, res, request)
+
+
+def _packed_trial(res: Reservation) -> dict[str, Any]:
+    """A lease as `PackedTrial`'s numbers."""
+    return {
         "study_id": res.study_id,
         "trial_id": res.trial_id,
         "start": res.start,
@@ -853,7 +938,15 @@ def _packed_reply(
         "reserved_ms": _epoch_ms(res.reserved_at),
         "deadline_ms": _epoch_ms(res.deadline),
     }
-    return TrialResponse(json.dumps(answer, separators=(",", ":")).encode(), table, res, request)
+
+
+def _settled_wire(settled: Settled | NotFound) -> dict[str, Any]:
+    """One trial's answer in a batch (`PackedOutcome` or `PackedRefusal`)."""
+    if isinstance(settled, NotFound):
+        return {"refused": "not_found", "detail": str(settled)}
+    if isinstance(settled, TrialRejected):
+        return {"refused": "rejected", "reason": settled.reason, "detail": str(settled)}
+    return {"outcome": settled}
 
 
 def _epoch_ms(when: datetime) -> int:
@@ -865,17 +958,50 @@ async def _packed_upload(
 ) -> tuple[TrialRef, np.ndarray]:
     """A packed upload checked against its study: the trial's range within the study, then the
     body (`results.unpack_checked`). Nothing reaches the table before both pass."""
+    _check_packed_type(request)
+    spec = await table.study_spec(q.study_id)
+    values = _checked_values(spec, q.start, q.count, await request.body())
+    return TrialRef(q.study_id, q.trial_id, q.worker_node_id, q.start, q.count), values
+
+
+def _check_packed_type(request: Request) -> None:
     given = request.headers.get("content-type", "")
     if given.partition(";")[0].strip().lower() != PACKED_TYPE:
         raise HTTPException(415, f"content-type: must be {PACKED_TYPE}, got {given!r}")
-    spec = await table.study_spec(q.study_id)
-    if spec.total is not None and q.start + q.count > spec.total:
+
+
+def _checked_values(spec: StudySpec, start: int, count: int, body: bytes) -> np.ndarray:
+    """One trial's packed results, checked: its range within the study, then the bytes."""
+    if spec.total is not None and start + count > spec.total:
         raise InvalidInput(
             "count",
-            f"the trial [{q.start}, {q.start + q.count}) runs past the study's {spec.total} points",
+            f"the trial [{start}, {start + count}) runs past the study's {spec.total} points",
         )
-    values = results.unpack_checked(await request.body(), spec.value_type, spec.vector, q.count)
-    return TrialRef(q.study_id, q.trial_id, q.worker_node_id, q.start, q.count), values
+    return results.unpack_checked(body, spec.value_type, spec.vector, count)
+
+
+async def _batch_upload(
+    table: Table, request: Request, worker_id: str
+) -> list[tuple[TrialRef, np.ndarray] | NotFound]:
+    """A packed batch's trials, each checked against its study as `_packed_upload` checks one
+    (a study that is gone is that trial's answer, `NotFound`); nothing reaches the table before
+    every trial passes."""
+    _check_packed_type(request)
+    parts: list[tuple[TrialRef, np.ndarray] | NotFound] = []
+    for i, part in enumerate(batch.unframe(await request.body())):
+        try:
+            spec = await table.study_spec(part.study_id)
+        except NotFound as err:
+            parts.append(err)
+            continue
+        try:
+            values = _checked_values(spec, part.start, part.count, part.body)
+        except InvalidInput as err:  # named within the batch: body.trials[i].<field>
+            field = err.field.removeprefix("body.").removeprefix("body")
+            raise InvalidInput(f"body.trials[{i}].{field or 'results'}", err.problem) from None
+        ref = TrialRef(part.study_id, part.trial_id, worker_id, part.start, part.count)
+        parts.append((ref, values))
+    return parts
 
 
 async def _gone(request: Request) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,7 +36,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ld2.core.errors import BackendUnavailable
-from ld2.store.base import Backlog, Outcome, Reservation, StudyState, Table, TrialRef
+from ld2.store.base import Backlog, Outcome, Reservation, Settled, StudyState, Table, TrialRef
 
 STORE_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -237,14 +237,15 @@ class _Scrape:
 
 
 class _TimedTable:
-    """The table, with reserve, register and register_and_reserve timed; everything else is
-    the table's own (attribute look-ups fall through to it)."""
+    """The table, with reserve, register, register_and_reserve and register_batch timed;
+    everything else is the table's own (attribute look-ups fall through to it)."""
 
     def __init__(self, inner: Table, seconds: Histogram) -> None:
         self._inner = inner
         self._reserve = seconds.labels("reserve")
         self._register = seconds.labels("register")
         self._cycle = seconds.labels("register_and_reserve")
+        self._batch = seconds.labels("register_batch")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -269,6 +270,12 @@ class _TimedTable:
     ) -> tuple[Outcome, Reservation | None]:
         with self._cycle.time():
             return await self._inner.register_and_reserve(trial, values, *args, **kw)
+
+    async def register_batch(
+        self, finished: Sequence[tuple[TrialRef, np.ndarray]], *args: Any, **kw: Any
+    ) -> tuple[list[Settled], list[Reservation]]:
+        with self._batch.time():
+            return await self._inner.register_batch(finished, *args, **kw)
 
 
 # -- request counts -------------------------------------------------------------------------

@@ -7,15 +7,16 @@ Lua) and, over the HTTP API, `HttpTable`. One behaviour suite runs against each.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Collection
+import hashlib
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ld2.core import models as m
-from ld2.core.errors import NameTaken, NotFound, StudyConflict
+from ld2.core.errors import NameTaken, NotFound, StudyConflict, TrialRejected
 from ld2.core.identity import differences
 from ld2.core.planning import MAX_JAGGED_REPLY_BYTES, MAX_TRIAL_POINTS, check_max_size
 from ld2.core.study import StudySpec, parse_study
@@ -24,6 +25,9 @@ from ld2.core.subspace import jagged_point_bytes, space_to_wire, trial_space
 Status = Literal["wait", "running", "paused", "done"]
 Outcome = Literal["ok", "ignored"]
 LeaseAnswer = Literal["ok", "stop"]
+Settled = Literal["ok", "ignored"] | NotFound | TrialRejected
+"""What became of one trial of a batch (`Table.register_batch`): its outcome, or the refusal
+that `register` would have raised for it alone."""
 FailMode = Literal["release", "retry", "split", "quarantine"]
 """How a trial is handed back: `release` (a worker stopping; no attempt counted), `retry` (counts
 an attempt), `split` (a runner failure: a range of several points goes back as two halves, so
@@ -42,6 +46,17 @@ def clamp_max_size(spec: StudySpec, max_size: int) -> int:
     if spec.jagged:
         limit = min(limit, max(1, MAX_JAGGED_REPLY_BYTES // jagged_point_bytes(spec.space)))
     return min(max_size, limit)
+
+
+def part_id(request_id: str | None, part: str) -> str | None:
+    """The request id of one part of a batch call (`Table.register_batch`): the caller's id and
+    the part, hashed when that would be longer than a request id may be (128 characters)."""
+    if request_id is None:
+        return None
+    whole = f"{request_id}/{part}"
+    if len(whole) <= 128:
+        return whole
+    return f"{hashlib.sha256(request_id.encode()).hexdigest()}/{part}"
 
 
 def from_ms(ms: int | None) -> datetime | None:
@@ -337,6 +352,74 @@ class Table(abc.ABC):
             request_id=request_id, prefetch=prefetch,
         )  # fmt: skip
         return outcome, nxt
+
+    batches: ClassVar[bool] = False
+    """Whether a round trip costs so much more than a short trial that a worker should register
+    and lease several per call (`register_batch`): over HTTP, not on Redis."""
+
+    async def register_batch(
+        self,
+        finished: Sequence[tuple[TrialRef, np.ndarray]],
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+        *,
+        lease: float | None = None,
+        request_id: str | None = None,
+        prefetch: bool = False,
+        lease_count: int = 1,
+    ) -> tuple[list[Settled], list[Reservation]]:
+        """Register the `finished` trials in order and lease up to `lease_count` more: a
+        worker's steady state when its trials are short.
+
+        The same as a `register_and_reserve` for each trial while leasing, a `register` for
+        each after that, then `reserve`s, until `lease_count` are leased or one finds none.
+        A refused trial (`NotFound`, `TrialRejected`) is that trial's answer in the list, and
+        the others go on; an unreachable backend is raised, and a retry with the same
+        `request_id` is answered as the first attempt was (each part has its own id,
+        `part_id`). Only the first lease may be other than a prefetch: a worker taking
+        several must not leave another idle at the end of a study."""
+        leased: list[Reservation] = []
+        settled: list[Settled] = []
+        more = lease_count > 0
+        if len(finished) == 1 and lease_count == 1:  # a plain cycle, as a worker's usual call
+            (trial, values), rid = finished[0], request_id
+            try:
+                outcome, nxt = await self.register_and_reserve(
+                    trial, values, capacities, max_size, worker_name, lease=lease,
+                    request_id=rid, prefetch=prefetch,
+                )  # fmt: skip
+            except (NotFound, TrialRejected) as err:
+                return [err], []
+            return [outcome], [] if nxt is None else [nxt]
+        for i, (trial, values) in enumerate(finished):
+            rid = part_id(request_id, str(i))
+            try:
+                if more:
+                    outcome, nxt = await self.register_and_reserve(
+                        trial, values, capacities, max_size, worker_name, lease=lease,
+                        request_id=rid, prefetch=prefetch or bool(leased),
+                    )  # fmt: skip
+                    if nxt is not None:
+                        leased.append(nxt)
+                    more = nxt is not None and len(leased) < lease_count
+                else:
+                    outcome = await self.register(trial, values, request_id=rid)
+            except (NotFound, TrialRejected) as err:
+                settled.append(err)
+            else:
+                settled.append(outcome)
+        while more and len(leased) < lease_count:
+            nxt = await self.reserve(
+                capacities, max_size, worker_id, worker_name, lease=lease,
+                request_id=part_id(request_id, f"r{len(leased)}"),
+                prefetch=prefetch or bool(leased),
+            )  # fmt: skip
+            if nxt is None:
+                break
+            leased.append(nxt)
+        return settled, leased
 
     @abc.abstractmethod
     async def study_spec(self, study_id: str) -> StudySpec:

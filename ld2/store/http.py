@@ -26,7 +26,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -34,8 +34,9 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 
+from ld2.core import batch, results
 from ld2.core import models as m
-from ld2.core import results
+from ld2.core.batch import BATCH_LIMIT
 from ld2.core.curriculum import registry_of, result_blocks
 from ld2.core.errors import (
     BackendUnavailable,
@@ -59,6 +60,7 @@ from ld2.store.base import (
     Progress,
     Reservation,
     ResultBlock,
+    Settled,
     StudyProgress,
     StudyState,
     Table,
@@ -70,6 +72,7 @@ from ld2.store.base import (
 from ld2.store.wire_client import (
     JSON_TYPE,
     MAX_WAIT_SECONDS,
+    PACKED_BATCH,
     PACKED_CYCLE,
     PACKED_REGISTER,
     PACKED_RESERVE,
@@ -114,6 +117,7 @@ class HttpTable(Table):
         self.lease = timedelta(seconds=lease_seconds)
         self._specs: dict[str, StudySpec] = {}
         self._has_cycle = True
+        self._has_batch = True  # False once the API answered 404 for the packed batch
         self._packed = packed  # False once the API answered 404 for a packed endpoint
 
     async def close(self) -> None:
@@ -370,6 +374,11 @@ class HttpTable(Table):
         trial = json.loads(resp.content).get("trial")
         if resp.status_code == 202 or trial is None:
             return None
+        return await self._packed_lease(trial, worker_id, worker_name)
+
+    async def _packed_lease(
+        self, trial: dict[str, Any], worker_id: str, worker_name: str | None
+    ) -> Reservation:
         return Reservation(
             study_id=trial["study_id"],
             trial_id=trial["trial_id"],
@@ -476,6 +485,56 @@ class HttpTable(Table):
                 prefetch=prefetch,
             )  # fmt: skip
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
+
+    batches = True
+
+    async def register_batch(
+        self,
+        finished: Sequence[tuple[TrialRef, np.ndarray]],
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+        *,
+        lease: float | None = None,
+        request_id: str | None = None,
+        prefetch: bool = False,
+        lease_count: int = 1,
+    ) -> tuple[list[Settled], list[Reservation]]:
+        """One request (``/trial/packed/batch``) on ld2; on an API without it, a call per
+        trial (`Table.register_batch`). A single trial and lease is a plain cycle."""
+        rid = request_id or _new_id()
+        check_max_size(max_size)
+        single = len(finished) == 1 and lease_count == 1
+        if single or not self._packed or not self._has_batch or len(finished) > BATCH_LIMIT:
+            return await super().register_batch(
+                finished, capacities, max_size, worker_id, worker_name, lease=lease,
+                request_id=rid, prefetch=prefetch, lease_count=lease_count,
+            )  # fmt: skip
+        if any(trial.worker_id != worker_id for trial, _ in finished):
+            raise InvalidInput("finished", "a batch registers one worker's trials")
+        parts = [
+            batch.Part(t.study_id, t.trial_id, t.start, t.count, await self._pack(t, values))
+            for t, values in finished
+        ]
+        params = _lease_params(capacities, max_size, worker_name, lease, prefetch)
+        params |= {"worker_node_id": worker_id, "lease_count": str(lease_count)}
+        try:
+            resp = await self._request(
+                "POST", PACKED_BATCH, params=params, content=batch.frame(parts), request_id=rid
+            )
+        except _NoSuchEndpoint:  # an older ld2
+            self._has_batch = False
+            return await super().register_batch(
+                finished, capacities, max_size, worker_id, worker_name, lease=lease,
+                request_id=rid, prefetch=prefetch, lease_count=lease_count,
+            )  # fmt: skip
+        answer = json.loads(resp.content)
+        leased: list[Reservation] = []
+        for trial in answer["trials"]:
+            got = await self._packed_lease(trial, worker_id, worker_name)
+            leased.append(got)
+        return [_settled(item) for item in answer["outcomes"]], leased
 
     async def _post_trial(self, trial: m.TrialModel, *, request_id: str | None = None) -> Outcome:
         """A trial upload in lite_dist2's wire form (``/trial/register``)."""
@@ -687,6 +746,16 @@ def _lease_params(
 
 def _outcome(data: Any) -> Outcome:
     return "ignored" if data.get("outcome") == "ignored" else "ok"
+
+
+def _settled(data: Any) -> Settled:
+    """One trial's answer in a packed batch: its outcome, or the error it was refused with."""
+    refused = data.get("refused")
+    if refused == "not_found":
+        return NotFound(str(data.get("detail")))
+    if refused is not None:
+        return TrialRejected(str(data.get("reason") or refused), str(data.get("detail")))
+    return _outcome(data)
 
 
 class _NoSuchEndpoint(NotFound):

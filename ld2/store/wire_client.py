@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 PACKED_RESERVE = "/trial/packed/reserve"
 PACKED_REGISTER = "/trial/packed/register"
 PACKED_CYCLE = "/trial/packed/cycle"
+PACKED_BATCH = "/trial/packed/batch"
 PACKED_TYPE = "application/octet-stream"
 """The content type of a packed registration's body."""
 JSON_TYPE = "application/json"

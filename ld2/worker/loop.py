@@ -66,6 +66,12 @@ steps of this: an HTTP API answers long polls of up to 30 s)."""
 FIRST_LIMIT = 600.0
 """...and, before this worker has computed a trial of the study with that runner (nothing to
 average), this many seconds."""
+BATCH_SECONDS = 0.02
+"""Where a round trip costs more than a short trial (`Table.batches`: over HTTP), a slot
+registers and leases as many trials per call as it computes in about this long
+(`WorkerConfig.batch_seconds`)..."""
+BATCH_MAX = 8
+"""...but never more than this many."""
 
 
 @dataclass
@@ -86,6 +92,7 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     prefetch: bool = True  # lease a slot's next trial while it computes one
     summary_every: float = 30.0  # seconds between INFO summaries (trials, points/s)
+    batch_seconds: float = BATCH_SECONDS  # over HTTP: trials a call, as computed in this long
 
 
 @dataclass
@@ -102,13 +109,26 @@ class WorkerStats:
 
 @dataclass
 class _Hold:
-    """The trials one slot holds: the one it computes and the one it leased ahead; the scope
-    of the computation in progress, and the trial the table said to abandon."""
+    """The trials one slot holds: those it computes in turn (one, or a batch over HTTP), those
+    it leased ahead, and those computed whose results wait to be registered; the scope of the
+    computation in progress, and the trials the table said to abandon."""
 
-    current: Reservation | None = None
-    ahead: Reservation | None = None
+    current: list[Reservation] = field(default_factory=list)
+    ahead: list[Reservation] = field(default_factory=list)
+    finished: list[tuple[Reservation, np.ndarray]] = field(default_factory=list)
     computing: anyio.CancelScope | None = None
-    abandoned: Reservation | None = None
+    abandoned: list[Reservation] = field(default_factory=list)
+
+    def held(self) -> list[Reservation]:
+        return [*self.current, *self.ahead, *(res for res, _ in self.finished)]
+
+    def abandon(self, res: Reservation) -> bool:
+        """Whether the table said to abandon `res` (forgotten once asked)."""
+        for i, other in enumerate(self.abandoned):
+            if other is res:
+                del self.abandoned[i]
+                return True
+        return False
 
 
 class Worker:
@@ -223,42 +243,43 @@ class Worker:
 
     async def _trials(self, k: int, proc: ComputeProcess, hold: _Hold) -> None:
         caps = list(self.runners)
-        finished: tuple[Reservation, np.ndarray] | None = None  # computed, not yet registered
         self._worked_at = time.monotonic()
         try:
             while not self.stopping:
-                if hold.current is None:
-                    hold.current, hold.ahead = hold.ahead, None
-                if hold.current is None and finished is not None:  # no prefetch: in series
+                if not hold.current:
+                    hold.current, hold.ahead = hold.ahead, []
+                if not hold.current and hold.finished:  # no prefetch: in series
                     # (with --no-prefetch, or refused near the end of a study)
-                    hold.current = await self._settle(finished, caps, prefetch=False)
-                    finished = None
+                    done, hold.finished = hold.finished, []
+                    hold.current = await self._settle(done, caps, prefetch=False)
                     continue
-                if hold.current is None:
+                if not hold.current:
                     self.probe.holding(k, None)
                     if not await self._idle(hold, caps):
                         break
                     continue
-                res = hold.current
-                self.probe.holding(k, res)
+                self.probe.holding(k, hold.current[0])
                 async with anyio.create_task_group() as tg:
-                    if self.config.prefetch and finished is not None:
-                        tg.start_soon(self._settle_ahead, finished, caps, hold)
-                        finished = None
-                    elif self.config.prefetch and hold.ahead is None:
-                        tg.start_soon(self._reserve_ahead, caps, res, hold)
-                    values = await self._compute(res, proc, hold)
-                hold.current = None
-                if values is not None:
-                    finished = (res, values)
+                    if self.config.prefetch and hold.finished:
+                        done, hold.finished = hold.finished, []
+                        tg.start_soon(self._settle_ahead, done, caps, hold)
+                    elif self.config.prefetch and not hold.ahead:
+                        tg.start_soon(self._reserve_ahead, caps, hold.current[0], hold)
+                    while hold.current and not self.stopping:  # the batch, in turn
+                        res = hold.current[0]
+                        values = await self._compute(res, proc, hold)
+                        hold.current.pop(0)
+                        if values is not None:
+                            hold.finished.append((res, values))
         finally:
             with anyio.CancelScope(shield=True):
-                if finished is not None:  # computed: its results are kept
-                    await self._settle(finished, caps, prefetch=False, reserve=False)
-                for held in (hold.current, hold.ahead):
-                    if held is not None:
-                        await self._hand_back(held, "worker stopped", "release")
-                        self.stats.handed_back += 1
+                if hold.finished:  # computed: their results are kept
+                    done, hold.finished = hold.finished, []
+                    await self._settle(done, caps, prefetch=False, reserve=False)
+                for held in (*hold.current, *hold.ahead):
+                    await self._hand_back(held, "worker stopped", "release")
+                    self.stats.handed_back += 1
+                hold.current, hold.ahead = [], []
             self.probe.holding(k, None)
 
     async def _idle(self, hold: _Hold, caps: list[str]) -> bool:
@@ -282,84 +303,129 @@ class Worker:
             self._idle_slots -= 1
         return not self.stopping
 
-    async def _reserve(self, caps: list[str], size: int, **options: Any) -> Reservation | None:
-        """A reserve (through `_retry`) that a stop cuts short: then None, and the call is
-        remembered so that, when the worker ends, the same request id asks again — the store
-        answers a lease its lost reply granted with that lease — and what it gets is handed
-        back."""
+    async def _reserve(
+        self, caps: list[str], size: int, *, count: int = 1, **options: Any
+    ) -> list[Reservation]:
+        """A reserve of `count` trials (through `_retry`) that a stop cuts short: then none,
+        and the call is remembered so that, when the worker ends, the same request id asks
+        again — the store answers a lease its lost reply granted with that lease — and what it
+        gets is handed back."""
         ask = {"lease": self.config.lease, "request_id": uuid.uuid4().hex, **options}
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
                 if self.stopping:
                     scope.cancel()
-                return await self._retry(self.table.reserve, caps, size, self.id, self.name, **ask)
+                return await self._leases(caps, size, count, ask)
             except BackendUnavailable:  # raised by _retry only once stopping
                 pass
             finally:
                 self._scopes.discard(scope)
-        self._unanswered.append({"caps": caps, "size": size, **ask, "wait": 0.0})
-        return None
+        self._unanswered.append({"caps": caps, "size": size, "count": count, "ask": ask})
+        return []
+
+    async def _leases(
+        self, caps: list[str], size: int, count: int, ask: dict[str, Any], *, retry: bool = True
+    ) -> list[Reservation]:
+        call: Callable[..., Awaitable[Any]] = self._retry if retry else _once
+        if count == 1:
+            got = await call(self.table.reserve, caps, size, self.id, self.name, **ask)
+            return [] if got is None else [got]
+        ask = {k: v for k, v in ask.items() if k != "wait"}  # (only an idle slot's, count 1)
+        _, leased = await call(
+            self.table.register_batch, [], caps, size, self.id, self.name, lease_count=count,
+            **ask,
+        )  # fmt: skip
+        return list(leased)
 
     async def _release_unanswered(self) -> None:
         for call in self._unanswered:
-            options = dict(call)
-            caps, size = options.pop("caps"), options.pop("size")
+            ask = {**call["ask"], "wait": 0.0}
             try:
-                res = await self.table.reserve(caps, size, self.id, self.name, **options)
+                leased = await self._leases(
+                    call["caps"], call["size"], call["count"], ask, retry=False
+                )
             except (BackendUnavailable, NotFound) as err:
                 log.warning("could not check a reserve cut short by the stop: %s", err)
                 return
-            if res is not None:
+            for res in leased:
                 await self._hand_back(res, "worker stopped", "release")
         self._unanswered.clear()
 
     async def _reserve_ahead(self, caps: list[str], res: Reservation, hold: _Hold) -> None:
-        """Lease the slot's next trial while `res` computes (refused near a study's end)."""
-        hold.ahead = await self._reserve(caps, self._size_for(res), prefetch=True)
+        """Lease the slot's next trials while `res` computes (refused near a study's end)."""
+        count = self._batch_for(res)
+        hold.ahead = await self._reserve(caps, self._size_for(res), count=count, prefetch=True)
 
     async def _settle_ahead(
-        self, finished: tuple[Reservation, np.ndarray], caps: list[str], hold: _Hold
+        self, finished: list[tuple[Reservation, np.ndarray]], caps: list[str], hold: _Hold
     ) -> None:
         hold.ahead = await self._settle(finished, caps, prefetch=self.config.prefetch)
 
     async def _settle(
         self,
-        finished: tuple[Reservation, np.ndarray],
+        finished: list[tuple[Reservation, np.ndarray]],
         caps: list[str],
         *,
         prefetch: bool,
         reserve: bool = True,
-    ) -> Reservation | None:
-        """Register a computed trial (never cancelled: results are kept through a stop) and,
-        with `reserve`, lease the next trial in the same round trip."""
-        done, values = finished
+    ) -> list[Reservation]:
+        """Register computed trials (never cancelled: results are kept through a stop) and,
+        with `reserve`, lease the next ones in the same round trip: one trial and one lease
+        (`register_and_reserve`), or a batch (`register_batch`) where the table asks for it."""
+        last = finished[-1][0]
+        count = self._batch_for(last) if reserve and not self.stopping else 0
+        rid = uuid.uuid4().hex
         try:
             with anyio.CancelScope(shield=True):
-                if not reserve or self.stopping:
-                    await self._retry(
-                        self.table.register, done, values, request_id=uuid.uuid4().hex
-                    )
-                    return None
+                if len(finished) > 1 or count > 1:
+                    settled, leased = await self._retry(
+                        self.table.register_batch, finished, caps, self._size_for(last),
+                        self.id, self.name, lease=self.config.lease, request_id=rid,
+                        prefetch=prefetch, lease_count=count,
+                    )  # fmt: skip
+                    for (res, _), answer in zip(finished, settled, strict=True):
+                        if isinstance(answer, NotFound | TrialRejected):
+                            self._not_registered(res, answer)
+                    return list(leased)
+                done, values = finished[0]
+                if count == 0:
+                    await self._retry(self.table.register, done, values, request_id=rid)
+                    return []
                 _, nxt = await self._retry(
                     self.table.register_and_reserve, done, values, caps, self._size_for(done),
-                    self.name, lease=self.config.lease, request_id=uuid.uuid4().hex,
-                    prefetch=prefetch,
+                    self.name, lease=self.config.lease, request_id=rid, prefetch=prefetch,
                 )  # fmt: skip
-                return nxt
-        except NotFound:
-            if done.study_id not in self._gone:  # said once per study, not per trial
-                self._gone.add(done.study_id)
-                log.warning(
-                    "study %s no longer exists (deleted or cancelled, or Redis lost its "
-                    "data): its work is dropped; serving the other studies",
-                    done.spec.name or done.study_id,
-                )
-        except TrialRejected as err:
-            log.warning("trial %s not registered: %s", done.trial_id, err)
+                return [] if nxt is None else [nxt]
+        except (NotFound, TrialRejected) as err:
+            self._not_registered(finished[0][0], err)
         except BackendUnavailable as err:  # only while stopping (else retried for ever)
-            log.warning("trial %s not registered before the worker stopped: %s", done.trial_id, err)
-        return None
+            for res, _ in finished:
+                log.warning("trial %s not registered before the worker stopped: %s",
+                            res.trial_id, err)  # fmt: skip
+        return []
+
+    def _not_registered(self, res: Reservation, err: NotFound | TrialRejected) -> None:
+        if isinstance(err, TrialRejected):
+            log.warning("trial %s not registered: %s", res.trial_id, err)
+        elif res.study_id not in self._gone:  # said once per study, not per trial
+            self._gone.add(res.study_id)
+            log.warning(
+                "study %s no longer exists (deleted or cancelled, or Redis lost its data): its "
+                "work is dropped; serving the other studies", res.spec.name or res.study_id,
+            )  # fmt: skip
+
+    def _batch_for(self, res: Reservation) -> int:
+        """Trials to lease per call: one, unless the table's round trips cost more than short
+        trials do (`Table.batches`); then as many as this worker computes in `batch_seconds`
+        by its running average for the study and runner (at most `BATCH_MAX`)."""
+        if not self.table.batches:
+            return 1
+        seconds, points = self._timing.get(self._key(res), (0.0, 0.0))
+        if points == 0 or seconds <= 0:
+            return 1
+        per_trial = seconds / points * self._size_for(res)
+        return max(1, min(BATCH_MAX, int(self.config.batch_seconds / per_trial)))
 
     async def _compute(
         self, res: Reservation, proc: ComputeProcess, hold: _Hold
@@ -390,7 +456,7 @@ class Worker:
                 self.fatal = mismatch
                 self.stop()
             return None
-        if hold.abandoned is res:  # told to before it started
+        if hold.abandon(res):  # told to before it started
             self.stats.abandoned += 1
             return None
         limit = self._limit_for(res)
@@ -415,7 +481,7 @@ class Worker:
             finally:
                 self._scopes.discard(scope)
                 hold.computing = None
-        if hold.abandoned is res:
+        if hold.abandon(res):
             log.info("trial %s abandoned: the table answered stop", res.trial_id)
             self.stats.abandoned += 1
             return None
@@ -460,9 +526,10 @@ class Worker:
         shorter, from when this keeper first sees it (short trials never are)."""
         seen: dict[str, float] = {}  # trial id -> when last heartbeaten (or first seen)
         while True:
-            held = [res for res in (hold.current, hold.ahead) if res is not None]
+            held = hold.held()
             await anyio.sleep(min([0.5, *(self._beat_every(res) / 2 for res in held)]))
             now = time.monotonic()
+            held = hold.held()
             seen = {res.trial_id: seen.get(res.trial_id, now) for res in held}
             for res in held:
                 if now - seen[res.trial_id] < self._beat_every(res):
@@ -474,14 +541,23 @@ class Worker:
                     return
                 if answer != "stop":
                     continue
-                if res is hold.current:
-                    hold.abandoned = res
-                    if hold.computing is not None:
-                        hold.computing.cancel()
-                elif res is hold.ahead:
-                    hold.ahead = None
-                    log.info("trial %s (leased ahead) dropped: the table answered stop",
-                             res.trial_id)  # fmt: skip
+                self._told_to_stop(hold, res)
+
+    @staticmethod
+    def _told_to_stop(hold: _Hold, res: Reservation) -> None:
+        """The table answered "stop" for `res`: the computation in progress ends, a trial
+        not started yet is skipped, a trial leased ahead or a result not registered is
+        dropped."""
+        if any(other is res for other in hold.current):
+            hold.abandoned.append(res)
+            if hold.current[0] is res and hold.computing is not None:
+                hold.computing.cancel()
+        elif any(other is res for other in hold.ahead):
+            hold.ahead = [other for other in hold.ahead if other is not res]
+            log.info("trial %s (leased ahead) dropped: the table answered stop", res.trial_id)
+        elif any(other is res for other, _ in hold.finished):
+            hold.finished = [pair for pair in hold.finished if pair[0] is not res]
+            log.info("trial %s (computed) dropped: the table answered stop", res.trial_id)
 
     def _beat_every(self, res: Reservation) -> float:
         lease = (res.deadline - res.reserved_at).total_seconds()
@@ -606,3 +682,8 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
+
+
+async def _once(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """`fn(...)`, called once (`Worker._retry`'s signature, without the retries)."""
+    return await fn(*args, **kwargs)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from ld2.worker.loop import Worker
 
-CALLS = ("reserve", "register_and_reserve", "heartbeat")
+CALLS = ("reserve", "register_and_reserve", "register_batch", "heartbeat")
 """The store calls whose round trips are timed (anything else is labelled ``other``)."""
 STORE_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
