@@ -697,19 +697,17 @@ def create_app(
         others. Every upload is checked before anything is stored."""
         q, request_id = packed_request(request, PackedBatchQuery)
         check_max_size(q.max_size)  # before anything is stored
-        parts = await _batch_upload(T(), request, q.worker_node_id)
-        known = [part for part in parts if not isinstance(part, NotFound)]
+        finished = await _batch_upload(T(), request, q.worker_node_id)
         settled, leased = await T().register_batch(
-            known, q.retaining_capacity, q.max_size, q.worker_node_id, q.worker_node_name,
+            finished, q.retaining_capacity, q.max_size, q.worker_node_id, q.worker_node_name,
             lease=q.lease_seconds, request_id=request_id, prefetch=q.prefetch,
             lease_count=q.lease_count,
         )  # fmt: skip
-        answers = iter(settled)
-        outcomes = [_settled_wire(p if isinstance(p, NotFound) else next(answers)) for p in parts]
         body = json.dumps(
-            {"outcomes": outcomes, "trials": [_packed_trial(r) for r in leased]},
+            {"outcomes": [_settled_wire(s) for s in settled],
+             "trials": [_packed_trial(r) for r in leased]},
             separators=(",", ":"),
-        ).encode()
+        ).encode()  # fmt: skip
         return TrialResponse(body, T(), leased, request)
 
     @app.post("/trial/reap", response_model=ReapResponse, tags=["ld2"])
@@ -940,7 +938,7 @@ def _packed_trial(res: Reservation) -> dict[str, Any]:
     }
 
 
-def _settled_wire(settled: Settled | NotFound) -> dict[str, Any]:
+def _settled_wire(settled: Settled) -> dict[str, Any]:
     """One trial's answer in a batch (`PackedOutcome` or `PackedRefusal`)."""
     if isinstance(settled, NotFound):
         return {"refused": "not_found", "detail": str(settled)}
@@ -982,24 +980,25 @@ def _checked_values(spec: StudySpec, start: int, count: int, body: bytes) -> np.
 
 async def _batch_upload(
     table: Table, request: Request, worker_id: str
-) -> list[tuple[TrialRef, np.ndarray] | NotFound]:
-    """A packed batch's trials, each checked against its study as `_packed_upload` checks one
-    (a study that is gone is that trial's answer, `NotFound`); nothing reaches the table before
-    every trial passes."""
+) -> list[tuple[TrialRef, np.ndarray]]:
+    """A packed batch's trials, each checked against its study as `_packed_upload` checks one;
+    nothing reaches the table before every trial passes. A trial whose study is gone is kept,
+    without values: the table answers it `NotFound` (before any look at the values), and its
+    part of the batch leases as it would have (a retry replays that lease)."""
     _check_packed_type(request)
-    parts: list[tuple[TrialRef, np.ndarray] | NotFound] = []
+    parts: list[tuple[TrialRef, np.ndarray]] = []
     for i, part in enumerate(batch.unframe(await request.body())):
+        ref = TrialRef(part.study_id, part.trial_id, worker_id, part.start, part.count)
         try:
             spec = await table.study_spec(part.study_id)
-        except NotFound as err:
-            parts.append(err)
+        except NotFound:
+            parts.append((ref, np.empty(0)))
             continue
         try:
             values = _checked_values(spec, part.start, part.count, part.body)
         except InvalidInput as err:  # named within the batch: body.trials[i].<field>
             field = err.field.removeprefix("body.").removeprefix("body")
             raise InvalidInput(f"body.trials[{i}].{field or 'results'}", err.problem) from None
-        ref = TrialRef(part.study_id, part.trial_id, worker_id, part.start, part.count)
         parts.append((ref, values))
     return parts
 

@@ -17,6 +17,9 @@ from ld2.core.errors import InvalidInput
 
 BATCH_LIMIT = 64
 """Trials one batch may register (and lease) at most."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""A client sends a larger batch a trial at a time (the API's default body limit is 64 MiB;
+a batch is for short trials, whose results are small)."""
 _LENGTH = struct.Struct(">I")
 
 

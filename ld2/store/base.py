@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -353,9 +353,11 @@ class Table(abc.ABC):
         )  # fmt: skip
         return outcome, nxt
 
-    batches: ClassVar[bool] = False
-    """Whether a round trip costs so much more than a short trial that a worker should register
-    and lease several per call (`register_batch`): over HTTP, not on Redis."""
+    @property
+    def batches(self) -> bool:
+        """Whether a round trip costs so much more than a short trial that a worker should
+        register and lease several per call (`register_batch`): over ld2's API, not on Redis."""
+        return False
 
     async def register_batch(
         self,
@@ -377,39 +379,41 @@ class Table(abc.ABC):
         each after that, then `reserve`s, until `lease_count` are leased or one finds none.
         A refused trial (`NotFound`, `TrialRejected`) is that trial's answer in the list, and
         the others go on; an unreachable backend is raised, and a retry with the same
-        `request_id` is answered as the first attempt was (each part has its own id,
-        `part_id`). Only the first lease may be other than a prefetch: a worker taking
-        several must not leave another idle at the end of a study."""
+        `request_id` is answered as the first attempt was: each part has its own id
+        (`part_id`: a registration's names its trial, whatever else the batch holds). Only the
+        first lease may be other than a prefetch: a worker taking several must not leave
+        another idle at the end of a study."""
         leased: list[Reservation] = []
         settled: list[Settled] = []
         more = lease_count > 0
-        if len(finished) == 1 and lease_count == 1:  # a plain cycle, as a worker's usual call
-            (trial, values), rid = finished[0], request_id
-            try:
-                outcome, nxt = await self.register_and_reserve(
-                    trial, values, capacities, max_size, worker_name, lease=lease,
-                    request_id=rid, prefetch=prefetch,
-                )  # fmt: skip
-            except (NotFound, TrialRejected) as err:
-                return [err], []
-            return [outcome], [] if nxt is None else [nxt]
-        for i, (trial, values) in enumerate(finished):
-            rid = part_id(request_id, str(i))
+        for trial, values in finished:
+            rid = part_id(request_id, trial.trial_id)
+            ahead = prefetch or bool(leased)
+            nxt: Reservation | None = None
             try:
                 if more:
                     outcome, nxt = await self.register_and_reserve(
                         trial, values, capacities, max_size, worker_name, lease=lease,
-                        request_id=rid, prefetch=prefetch or bool(leased),
+                        request_id=rid, prefetch=ahead,
                     )  # fmt: skip
-                    if nxt is not None:
-                        leased.append(nxt)
-                    more = nxt is not None and len(leased) < lease_count
                 else:
                     outcome = await self.register(trial, values, request_id=rid)
-            except (NotFound, TrialRejected) as err:
+            except TrialRejected as err:  # (and nothing leased: leasing goes on)
                 settled.append(err)
+                continue
+            except NotFound as err:  # the study is gone, maybe since a first attempt: the
+                settled.append(err)  # part leases all the same, so that a retry replays it
+                if more:
+                    nxt = await self.reserve(
+                        capacities, max_size, worker_id, worker_name, lease=lease,
+                        request_id=rid, prefetch=ahead,
+                    )  # fmt: skip
             else:
                 settled.append(outcome)
+            if more:
+                if nxt is not None:
+                    leased.append(nxt)
+                more = nxt is not None and len(leased) < lease_count
         while more and len(leased) < lease_count:
             nxt = await self.reserve(
                 capacities, max_size, worker_id, worker_name, lease=lease,

@@ -36,7 +36,7 @@ import numpy as np
 
 from ld2.core import batch, results
 from ld2.core import models as m
-from ld2.core.batch import BATCH_LIMIT
+from ld2.core.batch import BATCH_BYTES, BATCH_LIMIT
 from ld2.core.curriculum import registry_of, result_blocks
 from ld2.core.errors import (
     BackendUnavailable,
@@ -486,7 +486,12 @@ class HttpTable(Table):
             )  # fmt: skip
         return "ok", await self._reservation(resp, trial.worker_id, worker_name)
 
-    batches = True
+    @property
+    def batches(self) -> bool:
+        """True on an ld2 API with the batch endpoint (as far as this table knows: until it
+        answered 404 for it); lite_dist2 knows no prefetch, which keeps a batch's later leases
+        from taking the end of a study."""
+        return self._packed and self._has_batch
 
     async def register_batch(
         self,
@@ -501,39 +506,47 @@ class HttpTable(Table):
         prefetch: bool = False,
         lease_count: int = 1,
     ) -> tuple[list[Settled], list[Reservation]]:
-        """One request (``/trial/packed/batch``) on ld2; on an API without it, a call per
-        trial (`Table.register_batch`). A single trial and lease is a plain cycle."""
+        """One request (``/trial/packed/batch``) on ld2. A call per trial instead (what the
+        API does with a batch, `Table.register_batch`: the same part ids, so a retry either
+        way is answered as the first attempt was) on an API without it, for more than
+        `BATCH_LIMIT` trials, for a body over `BATCH_BYTES`, or one the API refused as too
+        large (413: its ``max_body_bytes`` is lower)."""
         rid = request_id or _new_id()
         check_max_size(max_size)
-        single = len(finished) == 1 and lease_count == 1
-        if single or not self._packed or not self._has_batch or len(finished) > BATCH_LIMIT:
-            return await super().register_batch(
-                finished, capacities, max_size, worker_id, worker_name, lease=lease,
-                request_id=rid, prefetch=prefetch, lease_count=lease_count,
-            )  # fmt: skip
         if any(trial.worker_id != worker_id for trial, _ in finished):
             raise InvalidInput("finished", "a batch registers one worker's trials")
-        parts = [
-            batch.Part(t.study_id, t.trial_id, t.start, t.count, await self._pack(t, values))
-            for t, values in finished
-        ]
-        params = _lease_params(capacities, max_size, worker_name, lease, prefetch)
-        params |= {"worker_node_id": worker_id, "lease_count": str(lease_count)}
-        try:
-            resp = await self._request(
-                "POST", PACKED_BATCH, params=params, content=batch.frame(parts), request_id=rid
-            )
-        except _NoSuchEndpoint:  # an older ld2
-            self._has_batch = False
-            return await super().register_batch(
-                finished, capacities, max_size, worker_id, worker_name, lease=lease,
-                request_id=rid, prefetch=prefetch, lease_count=lease_count,
-            )  # fmt: skip
+        if self.batches and len(finished) <= BATCH_LIMIT:
+            parts = [
+                batch.Part(t.study_id, t.trial_id, t.start, t.count, await self._pack(t, values))
+                for t, values in finished
+            ]
+            body = batch.frame(parts)
+            params = _lease_params(capacities, max_size, worker_name, lease, prefetch)
+            params |= {"worker_node_id": worker_id, "lease_count": str(lease_count)}
+            try:
+                if len(body) <= BATCH_BYTES:
+                    resp = await self._request(
+                        "POST", PACKED_BATCH, params=params, content=body, request_id=rid
+                    )
+                    return await self._batch_answer(resp, worker_id, worker_name)
+            except _NoSuchEndpoint:  # an older ld2
+                self._has_batch = False
+            except _TooLarge:
+                pass
+        return await super().register_batch(
+            finished, capacities, max_size, worker_id, worker_name, lease=lease,
+            request_id=rid, prefetch=prefetch, lease_count=lease_count,
+        )  # fmt: skip
+
+    async def _batch_answer(
+        self, resp: Any, worker_id: str, worker_name: str | None
+    ) -> tuple[list[Settled], list[Reservation]]:
+        """A batch's answer; a lease in a study gone since (its spec not found) is left out."""
         answer = json.loads(resp.content)
         leased: list[Reservation] = []
         for trial in answer["trials"]:
-            got = await self._packed_lease(trial, worker_id, worker_name)
-            leased.append(got)
+            with contextlib.suppress(NotFound):
+                leased.append(await self._packed_lease(trial, worker_id, worker_name))
         return [_settled(item) for item in answer["outcomes"]], leased
 
     async def _post_trial(self, trial: m.TrialModel, *, request_id: str | None = None) -> Outcome:
@@ -762,6 +775,10 @@ class _NoSuchEndpoint(NotFound):
     """A 404 for the path itself (an older or lite_dist2 server), not for a study."""
 
 
+class _TooLarge(InvalidInput):
+    """A 413: the request's body is over the API's ``max_body_bytes``."""
+
+
 def _raise_for(resp: Any, path: str) -> Any:
     if resp.status_code < 400:
         return resp
@@ -781,6 +798,8 @@ def _raise_for(resp: Any, path: str) -> Any:
         if isinstance(reason, str) and reason:  # ld2 names the reason; lite_dist2 says words
             raise TrialRejected(reason, str(detail))
         raise TrialRejected.from_message(str(detail))
+    if resp.status_code == 413:
+        raise _TooLarge("", f"HTTP 413: {detail}")
     if resp.status_code in (400, 401, 413, 415, 422):
         if isinstance(detail, list):
             detail = "; ".join(

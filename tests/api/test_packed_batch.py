@@ -283,3 +283,50 @@ def test_a_batch_body_round_trips() -> None:
     parts = [batch.Part("s", f"s-{i}", i * 10, 10, bytes(range(i + 1))) for i in range(5)]
     assert batch.unframe(batch.frame(parts)) == parts
     assert batch.unframe(batch.frame([])) == []
+
+
+async def test_a_retry_after_a_study_was_deleted_replays_the_lease_of_its_part(api: Both) -> None:
+    """The first attempt registered a trial of a study that had no more trials and leased one
+    in another study for it; the study is deleted before the retry (the first reply lost):
+    the retry answers not_found for that trial and the same two leases, not new ones."""
+    small = await api.inner.register_study(registry([int_axis("x", 10)]))
+    big = await api.inner.register_study(registry([int_axis("x", 1000)]))
+    a = await api.packed.reserve([], 10, "w", lease=60)
+    b = await api.packed.reserve([], 10, "w", lease=60)
+    assert a is not None and b is not None and (a.study_id, b.study_id) == (small, big)
+    body = batch.frame([_part(a), _part(b)])
+    headers = {"content-type": PACKED_TYPE, "Idempotency-Key": "lost-then-deleted"}
+    first_ = await api.raw.post(PACKED_BATCH, params=_query(), content=body, headers=headers)
+    assert first_.status_code == 200, first_.text
+    leased = [t["trial_id"] for t in first_.json()["trials"]]
+    assert len(leased) == 2
+    await api.inner.delete(small)
+    again = await api.raw.post(PACKED_BATCH, params=_query(), content=body, headers=headers)
+    assert again.status_code == 200, again.text
+    outcomes = again.json()["outcomes"]
+    assert outcomes[0]["refused"] == "not_found" and outcomes[1] == {"outcome": "ok"}
+    assert [t["trial_id"] for t in again.json()["trials"]] == leased
+    state = await api.inner.get_study(big)
+    assert (state.done, state.reserved) == (10, 20)  # b once; the two leases, no third
+
+
+async def test_a_batch_over_the_apis_body_limit_goes_a_trial_at_a_time(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An API whose body limit is lower than a batch (a 413): the same registrations and
+    leases, a call per trial; nothing lost, nothing twice."""
+    async with make_table(request, REAL_BACKENDS[0]) as inner:
+        app = create_app(inner, curriculum_path=tmp_path / "curriculum.json", max_body_bytes=3000)
+        wire = Recorder(app)
+        table = HttpTable("http://ld2.test", transport=wire, retries=0)
+        try:
+            sid = await inner.register_study(registry([int_axis("x", 20_000)]))
+            held = [await table.reserve([], 200, "w") for _ in range(4)]
+            finished = [(r, square(r)) for r in held if r is not None]
+            settled, leased = await table.register_batch(finished, [], 200, "w", lease_count=3)
+            assert settled == ["ok"] * 4 and len(leased) == 3
+            assert (PACKED_BATCH, 413) in wire.log and wire.log.count((PACKED_CYCLE, 200)) == 3
+            state = await inner.get_study(sid)
+            assert (state.done, state.reserved) == (800, 600)
+        finally:
+            await table.close()

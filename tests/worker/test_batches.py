@@ -54,7 +54,9 @@ def _worker(table: Any, module: str, **settings: Any) -> Worker:
 class BatchingRedisTable(RedisTable):
     """A RedisTable whose worker batches (as over HTTP), served by the base implementation."""
 
-    batches = True
+    @property
+    def batches(self) -> bool:
+        return True
 
 
 def _spy_batches(table: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
