@@ -355,9 +355,9 @@ class Table(abc.ABC):
 
     @property
     def batches(self) -> bool:
-        """Whether a round trip costs so much more than a short trial that a worker should
-        register and lease several per call (`register_batch`): over ld2's API, not on Redis."""
-        return False
+        """Whether a worker should register and lease short trials several per call
+        (`register_batch`): a call per trial costs more than the trial itself."""
+        return True
 
     async def register_batch(
         self,

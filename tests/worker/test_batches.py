@@ -1,5 +1,5 @@
-"""Batches: where a round trip costs more than a trial (`Table.batches`, over HTTP), a slot
-registers and leases several trials per call and computes them in turn.
+"""Batches: on trials shorter than a call to the store, a slot registers and leases several
+trials per call and computes them in turn.
 
 Over the real API a sweep is done in batches with every point once; a stop while a slot holds
 a batch and the batch ahead hands every trial back at once (no attempt counted, none lost);
@@ -51,14 +51,6 @@ def _worker(table: Any, module: str, **settings: Any) -> Worker:
     return Worker(table, runners.load([module]), config)
 
 
-class BatchingRedisTable(RedisTable):
-    """A RedisTable whose worker batches (as over HTTP), served by the base implementation."""
-
-    @property
-    def batches(self) -> bool:
-        return True
-
-
 def _spy_batches(table: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Each register_batch call's (trials registered, leases asked for), as it is made."""
     calls: list[tuple[int, int]] = []
@@ -106,8 +98,7 @@ async def test_a_stop_hands_back_the_batch_in_hand_and_the_batch_ahead(
     the rest waiting) and the batch leased ahead. The stop registers what was computed and
     hands every other trial back at once, without an attempt counted."""
     module = _module(tmp_path, monkeypatch, 200, 10**9, 30.0)
-    async with make_table(request, "valkey") as plain:
-        table = BatchingRedisTable(plain.client, prefix=plain.prefix, url=plain.url, index_ttl=0.0)
+    async with make_table(request, "valkey") as table:
         sid = await table.register_study(registry([int_axis("x", 2000)], capacity=["gated"]))
         worker = _worker(table, module, max_size=10, exit_when_idle=None)
         task = asyncio.create_task(worker.run())
@@ -133,8 +124,7 @@ async def test_results_waiting_for_their_batch_are_heartbeaten(
     """Leases of 0.6 s; one trial computes for 2 s while the trials computed before it in its
     batch wait: their leases are kept, so their results are taken and nothing is recomputed."""
     module = _module(tmp_path, monkeypatch, 300, 310, 2.0)
-    async with make_table(request, "valkey") as plain:
-        table = BatchingRedisTable(plain.client, prefix=plain.prefix, url=plain.url, index_ttl=0.0)
+    async with make_table(request, "valkey") as table:
         sid = await table.register_study(registry([int_axis("x", 800)], capacity=["gated"]))
         worker = _worker(table, module, max_size=10, lease=0.6, heartbeat_every=0.2,
                          exit_when_idle=0.5, idle_wait=0.05)  # fmt: skip

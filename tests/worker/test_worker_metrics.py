@@ -127,8 +127,10 @@ async def test_worker_serves_its_metrics_and_stops_serving(redis_url: str, tmp_p
     assert got["ld2_worker_trials_done_total"] == 8
     assert got["ld2_worker_trials_failed_total"] == 0
     assert got["ld2_worker_compute_seconds_count"] == 8
-    # every computed trial went back with a register_and_reserve; the first came by reserve
-    assert got["ld2_worker_store_seconds_count{register_and_reserve}"] == 8
+    # the computed trials went back with register_and_reserve, or in register_batch calls
+    # (trials this short go several a call); the first came by reserve
+    cycles = got["ld2_worker_store_seconds_count{register_and_reserve}"]
+    assert cycles + got["ld2_worker_store_seconds_count{register_batch}"] >= 1
     assert got["ld2_worker_store_seconds_count{reserve}"] >= 1
     assert got["ld2_worker_backend_outages_total"] == 0
     assert got["ld2_worker_backend_down"] == 0
