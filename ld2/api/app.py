@@ -980,19 +980,19 @@ def _checked_values(spec: StudySpec, start: int, count: int, body: bytes) -> np.
 
 async def _batch_upload(
     table: Table, request: Request, worker_id: str
-) -> list[tuple[TrialRef, np.ndarray]]:
+) -> list[tuple[TrialRef, np.ndarray | None]]:
     """A packed batch's trials, each checked against its study as `_packed_upload` checks one;
     nothing reaches the table before every trial passes. A trial whose study is gone is kept,
-    without values: the table answers it `NotFound` (before any look at the values), and its
-    part of the batch leases as it would have (a retry replays that lease)."""
+    without values: the table answers it `NotFound`, and its part of the batch leases as it
+    would have (a retry replays that lease)."""
     _check_packed_type(request)
-    parts: list[tuple[TrialRef, np.ndarray]] = []
+    parts: list[tuple[TrialRef, np.ndarray | None]] = []
     for i, part in enumerate(batch.unframe(await request.body())):
         ref = TrialRef(part.study_id, part.trial_id, worker_id, part.start, part.count)
         try:
             spec = await table.study_spec(part.study_id)
         except NotFound:
-            parts.append((ref, np.empty(0)))
+            parts.append((ref, None))
             continue
         try:
             values = _checked_values(spec, part.start, part.count, part.body)

@@ -272,7 +272,7 @@ class _TimedTable:
             return await self._inner.register_and_reserve(trial, values, *args, **kw)
 
     async def register_batch(
-        self, finished: Sequence[tuple[TrialRef, np.ndarray]], *args: Any, **kw: Any
+        self, finished: Sequence[tuple[TrialRef, np.ndarray | None]], *args: Any, **kw: Any
     ) -> tuple[list[Settled], list[Reservation]]:
         with self._batch.time():
             return await self._inner.register_batch(finished, *args, **kw)

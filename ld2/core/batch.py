@@ -62,6 +62,7 @@ def unframe(data: bytes) -> list[Part]:
     if len(head) > BATCH_LIMIT:
         raise InvalidInput("body", f"{len(head)} trials; a batch holds at most {BATCH_LIMIT}")
     parts: list[Part] = []
+    seen: set[str] = set()
     at = end
     for i, item in enumerate(head):
         where = f"body.trials[{i}]"
@@ -73,6 +74,9 @@ def unframe(data: bytes) -> list[Part]:
             if not isinstance(text, str) or not text:
                 raise InvalidInput(f"{where}.{name}", "must be a non-empty string")
             texts.append(text)
+        if texts[1] in seen:
+            raise InvalidInput(f"{where}.trial_id", "appears twice in the batch")
+        seen.add(texts[1])
         numbers: dict[str, int] = {}
         for name, least in (("start", 0), ("count", 1), ("bytes", 0)):
             value = item.get(name)

@@ -50,13 +50,14 @@ def clamp_max_size(spec: StudySpec, max_size: int) -> int:
 
 def part_id(request_id: str | None, part: str) -> str | None:
     """The request id of one part of a batch call (`Table.register_batch`): the caller's id and
-    the part, hashed when that would be longer than a request id may be (128 characters)."""
+    the part, hashed (SHA-256) where that is no valid request id (over 128 characters, or not
+    visible ASCII: a trial id comes from the client)."""
     if request_id is None:
         return None
     whole = f"{request_id}/{part}"
-    if len(whole) <= 128:
+    if len(whole) <= 128 and whole.isascii() and whole.isprintable() and " " not in whole:
         return whole
-    return f"{hashlib.sha256(request_id.encode()).hexdigest()}/{part}"
+    return hashlib.sha256(f"{request_id}\0{part}".encode()).hexdigest()
 
 
 def from_ms(ms: int | None) -> datetime | None:
@@ -361,7 +362,7 @@ class Table(abc.ABC):
 
     async def register_batch(
         self,
-        finished: Sequence[tuple[TrialRef, np.ndarray]],
+        finished: Sequence[tuple[TrialRef, np.ndarray | None]],
         capacities: Collection[str],
         max_size: int,
         worker_id: str,
@@ -375,54 +376,53 @@ class Table(abc.ABC):
         """Register the `finished` trials in order and lease up to `lease_count` more: a
         worker's steady state when its trials are short.
 
-        The same as a `register_and_reserve` for each trial while leasing, a `register` for
-        each after that, then `reserve`s, until `lease_count` are leased or one finds none.
-        A refused trial (`NotFound`, `TrialRejected`) is that trial's answer in the list, and
-        the others go on; an unreachable backend is raised, and a retry with the same
-        `request_id` is answered as the first attempt was: each part has its own id
-        (`part_id`: a registration's names its trial, whatever else the batch holds). Only the
-        first lease may be other than a prefetch: a worker taking several must not leave
-        another idle at the end of a study."""
+        Part i of `lease_count` is a `register_and_reserve` of trial i (a `register` for the
+        trials after `lease_count`), or a `reserve` where there are fewer trials; every part
+        is asked whatever the others answered, so that a retry with the same `request_id` asks
+        exactly what the first attempt asked, each part under its own id (`part_id`: a
+        registration's names its trial), and gets each lease the first attempt granted that
+        is still held. A refused trial (`NotFound`, `TrialRejected`) is that trial's answer
+        in the list and the others go on; a trial given without values (None: its study is
+        known to be gone) is answered `NotFound`, its part leasing all the same. An
+        unreachable backend is raised. Only the first lease may be other than a prefetch: a
+        worker taking several must not leave another idle at the end of a study."""
         leased: list[Reservation] = []
         settled: list[Settled] = []
-        more = lease_count > 0
-        for trial, values in finished:
+        for i, (trial, values) in enumerate(finished):
             rid = part_id(request_id, trial.trial_id)
-            ahead = prefetch or bool(leased)
+            ahead = prefetch or i > 0
+            leasing = i < lease_count
             nxt: Reservation | None = None
             try:
-                if more:
+                if values is None:
+                    raise NotFound(f"Study not found: study_id={trial.study_id}")
+                if leasing:
                     outcome, nxt = await self.register_and_reserve(
                         trial, values, capacities, max_size, worker_name, lease=lease,
                         request_id=rid, prefetch=ahead,
                     )  # fmt: skip
                 else:
                     outcome = await self.register(trial, values, request_id=rid)
-            except TrialRejected as err:  # (and nothing leased: leasing goes on)
+            except TrialRejected as err:  # (nothing leased: the registration came first)
                 settled.append(err)
-                continue
             except NotFound as err:  # the study is gone, maybe since a first attempt: the
                 settled.append(err)  # part leases all the same, so that a retry replays it
-                if more:
+                if leasing:
                     nxt = await self.reserve(
                         capacities, max_size, worker_id, worker_name, lease=lease,
                         request_id=rid, prefetch=ahead,
                     )  # fmt: skip
             else:
                 settled.append(outcome)
-            if more:
-                if nxt is not None:
-                    leased.append(nxt)
-                more = nxt is not None and len(leased) < lease_count
-        while more and len(leased) < lease_count:
+            if nxt is not None:
+                leased.append(nxt)
+        for j in range(len(finished), lease_count):
             nxt = await self.reserve(
                 capacities, max_size, worker_id, worker_name, lease=lease,
-                request_id=part_id(request_id, f"r{len(leased)}"),
-                prefetch=prefetch or bool(leased),
+                request_id=part_id(request_id, f"r{j}"), prefetch=prefetch or j > 0,
             )  # fmt: skip
-            if nxt is None:
-                break
-            leased.append(nxt)
+            if nxt is not None:
+                leased.append(nxt)
         return settled, leased
 
     @abc.abstractmethod

@@ -495,7 +495,7 @@ class HttpTable(Table):
 
     async def register_batch(
         self,
-        finished: Sequence[tuple[TrialRef, np.ndarray]],
+        finished: Sequence[tuple[TrialRef, np.ndarray | None]],
         capacities: Collection[str],
         max_size: int,
         worker_id: str,
@@ -515,10 +515,11 @@ class HttpTable(Table):
         check_max_size(max_size)
         if any(trial.worker_id != worker_id for trial, _ in finished):
             raise InvalidInput("finished", "a batch registers one worker's trials")
-        if self.batches and len(finished) <= BATCH_LIMIT:
+        known = [(t, v) for t, v in finished if v is not None]
+        if self.batches and len(finished) <= BATCH_LIMIT and len(known) == len(finished):
             parts = [
                 batch.Part(t.study_id, t.trial_id, t.start, t.count, await self._pack(t, values))
-                for t, values in finished
+                for t, values in known
             ]
             body = batch.frame(parts)
             params = _lease_params(capacities, max_size, worker_name, lease, prefetch)

@@ -106,7 +106,11 @@ def _bad_batches(res: list[Reservation]) -> dict[str, tuple[bytes, str]]:
             batch.frame([good[0], batch.Part(b.study_id, b.trial_id, 20, 10, good[1].body)]),
             "body.trials[1].count",
         ),
-        "too many trials": (batch.frame([good[0]] * (batch.BATCH_LIMIT + 1)), "body"),
+        "too many trials": (
+            batch.frame([*good, *(_part(b) for _ in range(batch.BATCH_LIMIT))]),
+            "body",
+        ),
+        "a trial twice": (batch.frame([good[0], good[1], good[0]]), "body.trials[2].trial_id"),
     }
 
 
@@ -114,7 +118,7 @@ BAD_CASES = [
     "empty", "head longer than the body", "head not JSON", "head not a list",
     "a trial not an object", "no trial id", "a negative start", "count zero",
     "bytes past the end", "bytes after the last trial", "one value short", "floats for ints",
-    "past the study's end", "too many trials",
+    "past the study's end", "too many trials", "a trial twice",
 ]  # fmt: skip
 
 

@@ -130,7 +130,7 @@ async def test_worker_serves_its_metrics_and_stops_serving(redis_url: str, tmp_p
     # the computed trials went back with register_and_reserve, or in register_batch calls
     # (trials this short go several a call); the first came by reserve
     cycles = got["ld2_worker_store_seconds_count{register_and_reserve}"]
-    assert cycles + got["ld2_worker_store_seconds_count{register_batch}"] >= 1
+    assert cycles == 8 or got["ld2_worker_store_seconds_count{register_batch}"] >= 1
     assert got["ld2_worker_store_seconds_count{reserve}"] >= 1
     assert got["ld2_worker_backend_outages_total"] == 0
     assert got["ld2_worker_backend_down"] == 0
