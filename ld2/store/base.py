@@ -377,15 +377,17 @@ class Table(abc.ABC):
         worker's steady state when its trials are short.
 
         Part i of `lease_count` is a `register_and_reserve` of trial i (a `register` for the
-        trials after `lease_count`), or a `reserve` where there are fewer trials; every part
-        is asked whatever the others answered, so that a retry with the same `request_id` asks
-        exactly what the first attempt asked, each part under its own id (`part_id`: a
-        registration's names its trial), and gets each lease the first attempt granted that
-        is still held. A refused trial (`NotFound`, `TrialRejected`) is that trial's answer
-        in the list and the others go on; a trial given without values (None: its study is
-        known to be gone) is answered `NotFound`, its part leasing all the same. An
-        unreachable backend is raised. Only the first lease may be other than a prefetch: a
-        worker taking several must not leave another idle at the end of a study."""
+        trials after `lease_count`), or a `reserve` where there are fewer trials, until one of
+        these reserves finds nothing. Every registration leases whatever the others answered,
+        so that a retry with the same `request_id` asks what the first attempt asked, each
+        part under its own id (`part_id`: a registration's names its trial), and gets each
+        lease the first attempt granted that is still held (of the reserves after the trials,
+        those up to the first that finds nothing now). A refused trial (`NotFound`,
+        `TrialRejected`) is that trial's answer in the list and the others go on; a trial
+        given without values (None: its study is known to be gone) is answered `NotFound`,
+        its part leasing all the same. An unreachable backend is raised. Only the first lease
+        may be other than a prefetch: a worker taking several must not leave another idle at
+        the end of a study."""
         leased: list[Reservation] = []
         settled: list[Settled] = []
         for i, (trial, values) in enumerate(finished):
@@ -421,8 +423,9 @@ class Table(abc.ABC):
                 capacities, max_size, worker_id, worker_name, lease=lease,
                 request_id=part_id(request_id, f"r{j}"), prefetch=prefetch or j > 0,
             )  # fmt: skip
-            if nxt is not None:
-                leased.append(nxt)
+            if nxt is None:  # (a reserve has no registration to make: the rest would be
+                break  # refused alike, at a round trip each, at the end of every study)
+            leased.append(nxt)
         return settled, leased
 
     @abc.abstractmethod

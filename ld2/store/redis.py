@@ -817,8 +817,8 @@ class RedisTable(Table):
         retry replays both, looking for the lease in every study (`reserve`)."""
         size = clamp_max_size(spec, max_size)  # this study's limit; another's may differ
         retained = frozenset(capacities)
-        first = next(iter(await self._candidates(retained)), None)
-        if first != trial.study_id:
+        order = await self._candidates(retained)
+        if not order or order[0] != trial.study_id:
             outcome = await self._register_typed(spec, trial, typed, request_id)
             nxt = await self.reserve(
                 capacities, max_size, trial.worker_id, worker_name, lease=lease,
@@ -838,8 +838,11 @@ class RedisTable(Table):
         sid = trial.study_id
         raw = await self._study_call("cycle", sid, args, request_id)
         outcome = await self._outcome(trial, Reply.of(raw[:2]))
-        nxt = await self._reservation(sid, Reply.of(raw[2:]), trial.worker_id, worker_name)
-        if nxt is None:
+        answer = Reply.of(raw[2:])
+        nxt = await self._reservation(sid, answer, trial.worker_id, worker_name)
+        if nxt is None and (order != [sid] or answer.word not in (Word.LATER, Word.EMPTY)):
+            # another study may have a trial (or, on a retry, hold this id's lease); the only
+            # one that could refused it already (near its end a batch's parts all ask)
             nxt = await self.reserve(
                 capacities, max_size, trial.worker_id, worker_name, lease=lease,
                 request_id=request_id, prefetch=prefetch,
