@@ -624,8 +624,9 @@ def worker(
     prefetch: Annotated[
         bool,
         typer.Option(
-            help="Lease each slot's next trial while it computes one (refused near a study's "
-            "end, so that no worker idles while another holds two)."
+            help="Lease each slot's next trial while it computes one, and short trials several "
+            "a call (refused near a study's end, so that no worker idles while another holds "
+            "more). --no-prefetch: one trial at a time, leased when the slot holds none."
         ),
     ] = True,
     verbose: Annotated[
