@@ -319,22 +319,18 @@ class PackedBatchAnswer(BaseModel):
     trials: list[PackedTrial]
 
 
-PACKED_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The trial's results as `ld2.core.results.pack` writes them.",
-        "content": {PACKED_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
-BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The trials' results: a 4-byte big-endian length, a JSON list of "
-        "{study_id, trial_id, start, count, bytes}, then each trial's packed results in order "
-        "(`ld2.core.batch`).",
-        "content": {PACKED_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
+def _binary_body(description: str) -> dict[str, Any]:
+    """`openapi_extra` declaring a required binary request body."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {PACKED_TYPE: binary}}}  # fmt: skip
+
+
+PACKED_BODY = _binary_body("The trial's results as `ld2.core.results.pack` writes them.")
+BATCH_BODY = _binary_body(
+    "The trials' results: a 4-byte big-endian length, a JSON list of {study_id, trial_id, "
+    "start, count, bytes}, then each trial's packed results in order (`ld2.core.batch`)."
+)
 NOTHING_LEFT: dict[int | str, dict[str, Any]] = {
     202: {"model": PackedReserveAnswer, "description": "no trial available"}
 }

@@ -25,7 +25,7 @@ from ld2.core.subspace import jagged_point_bytes, space_to_wire, trial_space
 Status = Literal["wait", "running", "paused", "done"]
 Outcome = Literal["ok", "ignored"]
 LeaseAnswer = Literal["ok", "stop"]
-Settled = Literal["ok", "ignored"] | NotFound | TrialRejected
+Settled = Outcome | NotFound | TrialRejected
 """What became of one trial of a batch (`Table.register_batch`): its outcome, or the refusal
 that `register` would have raised for it alone."""
 FailMode = Literal["release", "retry", "split", "quarantine"]

@@ -530,9 +530,9 @@ class HttpTable(Table):
                         "POST", PACKED_BATCH, params=params, content=body, request_id=rid
                     )
                     return await self._batch_answer(resp, worker_id, worker_name)
-            except _NoSuchEndpoint:  # an older ld2
+            except _NoSuchEndpoint:  # an older ld2: a call per trial from now on
                 self._has_batch = False
-            except _TooLarge:
+            except _TooLarge:  # this batch only
                 pass
         return await super().register_batch(
             finished, capacities, max_size, worker_id, worker_name, lease=lease,
@@ -801,7 +801,7 @@ def _raise_for(resp: Any, path: str) -> Any:
         raise TrialRejected.from_message(str(detail))
     if resp.status_code == 413:
         raise _TooLarge("", f"HTTP 413: {detail}")
-    if resp.status_code in (400, 401, 413, 415, 422):
+    if resp.status_code in (400, 401, 415, 422):
         if isinstance(detail, list):
             detail = "; ".join(
                 f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail

@@ -129,6 +129,21 @@ class _Hold:
                 return True
         return False
 
+    def told_to_stop(self, res: Reservation) -> None:
+        """The table answered "stop" for `res`: the computation in progress ends, a trial
+        not started yet is skipped, a trial leased ahead or a result not registered is
+        dropped."""
+        if any(other is res for other in self.current):
+            self.abandoned.append(res)
+            if self.current[0] is res and self.computing is not None:
+                self.computing.cancel()
+        elif any(other is res for other in self.ahead):
+            self.ahead = [other for other in self.ahead if other is not res]
+            log.info("trial %s (leased ahead) dropped: the table answered stop", res.trial_id)
+        elif any(other is res for other, _ in self.finished):
+            self.finished = [pair for pair in self.finished if pair[0] is not res]
+            log.info("trial %s (computed) dropped: the table answered stop", res.trial_id)
+
 
 class Worker:
     def __init__(self, table: Table, available: dict[str, Runner], config: WorkerConfig) -> None:
@@ -330,7 +345,6 @@ class Worker:
         if count == 1:
             got = await call(self.table.reserve, caps, size, self.id, self.name, **ask)
             return [] if got is None else [got]
-        ask = {k: v for k, v in ask.items() if k != "wait"}  # (only an idle slot's, count 1)
         _, leased = await call(
             self.table.register_batch, [], caps, size, self.id, self.name, lease_count=count,
             **ask,
@@ -339,7 +353,7 @@ class Worker:
 
     async def _release_unanswered(self) -> None:
         for call in self._unanswered:
-            ask = {**call["ask"], "wait": 0.0}
+            ask = call["ask"] | ({"wait": 0.0} if "wait" in call["ask"] else {})  # an idle wait
             try:
                 leased = await self._leases(
                     call["caps"], call["size"], call["count"], ask, retry=False
@@ -541,23 +555,7 @@ class Worker:
                     return
                 if answer != "stop":
                     continue
-                self._told_to_stop(hold, res)
-
-    @staticmethod
-    def _told_to_stop(hold: _Hold, res: Reservation) -> None:
-        """The table answered "stop" for `res`: the computation in progress ends, a trial
-        not started yet is skipped, a trial leased ahead or a result not registered is
-        dropped."""
-        if any(other is res for other in hold.current):
-            hold.abandoned.append(res)
-            if hold.current[0] is res and hold.computing is not None:
-                hold.computing.cancel()
-        elif any(other is res for other in hold.ahead):
-            hold.ahead = [other for other in hold.ahead if other is not res]
-            log.info("trial %s (leased ahead) dropped: the table answered stop", res.trial_id)
-        elif any(other is res for other, _ in hold.finished):
-            hold.finished = [pair for pair in hold.finished if pair[0] is not res]
-            log.info("trial %s (computed) dropped: the table answered stop", res.trial_id)
+                hold.told_to_stop(res)
 
     def _beat_every(self, res: Reservation) -> float:
         lease = (res.deadline - res.reserved_at).total_seconds()

@@ -144,12 +144,12 @@ async def test_a_stop_answer_ends_skips_or_drops_exactly_its_trial() -> None:
     scope = anyio.CancelScope()
     hold = _Hold(current=[computing, queued], ahead=[ahead], computing=scope)
     hold.finished = [(done, np.zeros(1))]
-    Worker._told_to_stop(hold, queued)  # not started: skipped when its turn comes
+    hold.told_to_stop(queued)  # not started: skipped when its turn comes
     assert not scope.cancel_called and hold.current == [computing, queued]
     assert hold.abandon(queued) and not hold.abandon(queued)  # answered once
-    Worker._told_to_stop(hold, computing)  # computing: its computation ends
+    hold.told_to_stop(computing)  # computing: its computation ends
     assert scope.cancel_called and hold.abandon(computing)
-    Worker._told_to_stop(hold, ahead)  # leased ahead: dropped
+    hold.told_to_stop(ahead)  # leased ahead: dropped
     assert hold.ahead == []
-    Worker._told_to_stop(hold, done)  # computed, not registered: dropped
+    hold.told_to_stop(done)  # computed, not registered: dropped
     assert hold.finished == [] and hold.held() == [computing, queued]
