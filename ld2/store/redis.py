@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    NoScriptError,
     RedisClusterException,
     ResponseError,
 )
@@ -55,6 +56,7 @@ from ld2.store.base import (
     Progress,
     Reservation,
     ResultBlock,
+    Settled,
     StudyProgress,
     StudyState,
     Table,
@@ -63,6 +65,7 @@ from ld2.store.base import (
     WorkerSpeed,
     clamp_max_size,
     from_ms,
+    part_id,
 )
 from ld2.store.errors import TRANSIENT, cluster_trouble, mapped
 from ld2.store.index import StudyIndex
@@ -189,6 +192,17 @@ def study_id_of(trial_id: str) -> str:
     if not sep or not sid:
         raise NotFound(f"Not a trial id: {trial_id!r}")
     return sid
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Part:
+    """One script call of a pipelined batch (`RedisTable.register_batch`)."""
+
+    script: str  # "cycle" or "register"
+    args: list[Any]
+    request_id: str | None
+    prefetch: bool
+    trial: TrialRef
 
 
 @mapped
@@ -838,16 +852,146 @@ class RedisTable(Table):
         sid = trial.study_id
         raw = await self._study_call("cycle", sid, args, request_id)
         outcome = await self._outcome(trial, Reply.of(raw[:2]))
-        answer = Reply.of(raw[2:])
-        nxt = await self._reservation(sid, answer, trial.worker_id, worker_name)
+        ask = (capacities, max_size, trial.worker_id, worker_name, lease, request_id, prefetch)
+        return outcome, await self._leased_or_elsewhere(sid, order, Reply.of(raw[2:]), *ask)
+
+    async def _leased_or_elsewhere(
+        self,
+        sid: str,
+        order: list[str],
+        answer: Reply,
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None,
+        lease: float | None,
+        request_id: str | None,
+        prefetch: bool,
+    ) -> Reservation | None:
+        """The lease a reserve in study `sid` (the first of `order`) answered, else a reserve
+        through every study: another may have a trial (or, on a retry, hold this id's lease).
+        Not when `sid` is the only study and it refused the lease already (near its end a
+        batch's parts all ask)."""
+        nxt = await self._reservation(sid, answer, worker_id, worker_name)
         if nxt is None and (order != [sid] or answer.word not in (Word.LATER, Word.EMPTY)):
-            # another study may have a trial (or, on a retry, hold this id's lease); the only
-            # one that could refused it already (near its end a batch's parts all ask)
             nxt = await self.reserve(
-                capacities, max_size, trial.worker_id, worker_name, lease=lease,
+                capacities, max_size, worker_id, worker_name, lease=lease,
                 request_id=request_id, prefetch=prefetch,
             )  # fmt: skip
-        return outcome, nxt
+        return nxt
+
+    async def register_batch(
+        self,
+        finished: Sequence[tuple[TrialRef, np.ndarray | None]],
+        capacities: Collection[str],
+        max_size: int,
+        worker_id: str,
+        worker_name: str | None = None,
+        *,
+        lease: float | None = None,
+        request_id: str | None = None,
+        prefetch: bool = False,
+        lease_count: int = 1,
+    ) -> tuple[list[Settled], list[Reservation]]:
+        """`Table.register_batch` with its registrations in one round trip in a worker's
+        steady state, every trial of the study these capacities work on first: the parts'
+        script calls (the same calls, each under its own request id) go in one pipeline, and
+        only a part that leased nothing there asks again alone, as `register_and_reserve`
+        does. The reserves after the trials follow one by one (a retry of one must look for
+        its lease in every study first). Otherwise the whole batch goes part by part."""
+        ask = (capacities, max_size, worker_id, worker_name)
+        sid = finished[0][0].study_id if finished else ""
+        typed: list[np.ndarray] = []
+        order: list[str] = []
+        if sid and all(t.study_id == sid and v is not None for t, v in finished):
+            try:
+                spec = await self.study_spec(sid)
+                typed = [
+                    results.coerce(v, spec.value_type, spec.vector, t.count)
+                    for t, v in finished
+                    if v is not None
+                ]
+                order = await self._candidates(frozenset(capacities))
+            except (NotFound, InvalidInput):  # said part by part, where the caller expects it
+                order = []
+        if not order or order[0] != sid:
+            return await super().register_batch(
+                finished, *ask, lease=lease, request_id=request_id, prefetch=prefetch,
+                lease_count=lease_count,
+            )  # fmt: skip
+        settled: list[Settled] = []
+        leased: list[Reservation] = []
+        parts = self._batch_parts(spec, finished, typed, ask, lease, request_id, prefetch,
+                                  lease_count)  # fmt: skip
+        async with self.client.pipeline(transaction=False) as pipe:
+            for part in parts:
+                keys = self.study_keys(sid).for_script(part.script)
+                args = part.args
+                if part.request_id is not None:
+                    keys.append(reply_key(self.prefix, sid, part.request_id))
+                    args = [*args, self.reply_ttl_ms]
+                sha = self._scripts[part.script].sha  # (a cluster pipeline has no .evalsha)
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            raws = await pipe.execute(raise_on_error=False)
+        for part, raw in zip(parts, raws, strict=True):
+            if isinstance(raw, NoScriptError):  # never loaded here, or the server restarted
+                raw = await self._study_call(part.script, sid, part.args, part.request_id)
+            elif isinstance(raw, Exception):
+                raise raw
+            try:
+                settled.append(await self._outcome(part.trial, Reply.of(raw[:2])))
+            except TrialRejected as err:  # (nothing leased: the registration came first)
+                settled.append(err)
+                continue
+            except NotFound as err:  # the study is gone: the part leases all the same
+                settled.append(err)
+                if part.script == "cycle":
+                    nxt = await self.reserve(*ask, lease=lease, request_id=part.request_id,
+                                             prefetch=part.prefetch)  # fmt: skip
+                    leased.extend([nxt] if nxt is not None else [])
+                continue
+            if part.script == "cycle":
+                nxt = await self._leased_or_elsewhere(
+                    sid, order, Reply.of(raw[2:]), *ask, lease, part.request_id, part.prefetch
+                )
+                leased.extend([nxt] if nxt is not None else [])
+        for j in range(len(finished), lease_count):
+            nxt = await self.reserve(
+                *ask, lease=lease, request_id=part_id(request_id, f"r{j}"),
+                prefetch=prefetch or j > 0,
+            )  # fmt: skip
+            if nxt is None:
+                break
+            leased.append(nxt)
+        return settled, leased
+
+    def _batch_parts(
+        self,
+        spec: StudySpec,
+        finished: Sequence[tuple[TrialRef, np.ndarray | None]],
+        typed: list[np.ndarray],
+        ask: tuple[Collection[str], int, str, str | None],
+        lease: float | None,
+        request_id: str | None,
+        prefetch: bool,
+        lease_count: int,
+    ) -> list[_Part]:
+        """A batch's registrations as script calls, each under `Table.register_batch`'s part
+        id: a cycle (register, then lease in the same study) for the first `lease_count`."""
+        _, max_size, worker_id, worker_name = ask
+        parts: list[_Part] = []
+        for i, ((trial, _), values) in enumerate(zip(finished, typed, strict=True)):
+            rid = _request_id(part_id(request_id, trial.trial_id))
+            args = self._register_args(spec, trial, values)
+            ahead = prefetch or i > 0
+            if i < lease_count:
+                size = clamp_max_size(spec, max_size)
+                args += [trial.study_id, size, _clean(worker_id), _clean(worker_name),
+                         self._live_workers, _lease_ms(lease), int(ahead)]  # fmt: skip
+                parts.append(_Part("cycle", args, rid, ahead, trial))
+            else:
+                parts.append(_Part("register", args, rid, ahead, trial))
+        return parts
 
     # -- leases -----------------------------------------------
     async def heartbeat(self, trial_id: str, worker_id: str) -> LeaseAnswer:

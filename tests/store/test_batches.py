@@ -1,7 +1,7 @@
 """`Table.register_batch`: several computed trials registered and several leased in one call
-(one request over HTTP, ``/trial/packed/batch``; a call per trial on Redis). Each trial is
-answered on its own, a retry is answered as the first attempt was, and only the first lease of
-a batch may be more than a prefetch."""
+(one request over HTTP, ``/trial/packed/batch``; one pipeline on Redis in the steady state,
+see test_batch_pipeline.py). Each trial is answered on its own, a retry is answered as the
+first attempt was, and only the first lease of a batch may be more than a prefetch."""
 
 from __future__ import annotations
 
