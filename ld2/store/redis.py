@@ -895,10 +895,11 @@ class RedisTable(Table):
     ) -> tuple[list[Settled], list[Reservation]]:
         """`Table.register_batch` with its registrations in one round trip in a worker's
         steady state, every trial of the study these capacities work on first: the parts'
-        script calls (the same calls, each under its own request id) go in one pipeline, and
-        only a part that leased nothing there asks again alone, as `register_and_reserve`
-        does. The reserves after the trials follow one by one (a retry of one must look for
-        its lease in every study first). Otherwise the whole batch goes part by part."""
+        script calls (the same calls, each under its own request id) go in one pipeline
+        (registrations past `lease_count` in a second, `_pipelined`), and only a part that
+        leased nothing there asks again alone, as `register_and_reserve` does. The reserves
+        after the trials follow one by one (a retry of one must look for its lease in every
+        study first). Otherwise the whole batch goes part by part."""
         ask = (capacities, max_size, worker_id, worker_name)
         sid = finished[0][0].study_id if finished else ""
         typed: list[np.ndarray] = []
@@ -923,38 +924,25 @@ class RedisTable(Table):
         leased: list[Reservation] = []
         parts = self._batch_parts(spec, finished, typed, ask, lease, request_id, prefetch,
                                   lease_count)  # fmt: skip
-        async with self.client.pipeline(transaction=False) as pipe:
-            for part in parts:
-                keys = self.study_keys(sid).for_script(part.script)
-                args = part.args
-                if part.request_id is not None:
-                    keys.append(reply_key(self.prefix, sid, part.request_id))
-                    args = [*args, self.reply_ttl_ms]
-                sha = self._scripts[part.script].sha  # (a cluster pipeline has no .evalsha)
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            raws = await pipe.execute(raise_on_error=False)
-        for part, raw in zip(parts, raws, strict=True):
-            if isinstance(raw, NoScriptError):  # never loaded here, or the server restarted
-                raw = await self._study_call(part.script, sid, part.args, part.request_id)
-            elif isinstance(raw, Exception):
-                raise raw
-            try:
-                settled.append(await self._outcome(part.trial, Reply.of(raw[:2])))
-            except TrialRejected as err:  # (nothing leased: the registration came first)
-                settled.append(err)
-                continue
-            except NotFound as err:  # the study is gone: the part leases all the same
-                settled.append(err)
+        for group in (parts[:lease_count], parts[lease_count:]):  # cycles, then registers
+            for part, raw in zip(group, await self._pipelined(sid, group), strict=True):
+                try:
+                    settled.append(await self._outcome(part.trial, Reply.of(raw[:2])))
+                except TrialRejected as err:  # (nothing leased: the registration came first)
+                    settled.append(err)
+                    continue
+                except NotFound as err:  # the study is gone: the part leases all the same
+                    settled.append(err)
+                    if part.script == "cycle":
+                        nxt = await self.reserve(*ask, lease=lease, request_id=part.request_id,
+                                                 prefetch=part.prefetch)  # fmt: skip
+                        leased.extend([nxt] if nxt is not None else [])
+                    continue
                 if part.script == "cycle":
-                    nxt = await self.reserve(*ask, lease=lease, request_id=part.request_id,
-                                             prefetch=part.prefetch)  # fmt: skip
+                    nxt = await self._leased_or_elsewhere(
+                        sid, order, Reply.of(raw[2:]), *ask, lease, part.request_id, part.prefetch
+                    )
                     leased.extend([nxt] if nxt is not None else [])
-                continue
-            if part.script == "cycle":
-                nxt = await self._leased_or_elsewhere(
-                    sid, order, Reply.of(raw[2:]), *ask, lease, part.request_id, part.prefetch
-                )
-                leased.extend([nxt] if nxt is not None else [])
         for j in range(len(finished), lease_count):
             nxt = await self.reserve(
                 *ask, lease=lease, request_id=part_id(request_id, f"r{j}"),
@@ -964,6 +952,32 @@ class RedisTable(Table):
                 break
             leased.append(nxt)
         return settled, leased
+
+    async def _pipelined(self, sid: str, parts: list[_Part]) -> list[Any]:
+        """The replies of `parts` (one script each: a server that lost its scripts answers
+        NOSCRIPT to all of them alike, and they are sent again alone, in order, which loads
+        it), sent to study `sid` as one pipeline. Any other error is raised, as a call alone
+        would raise it. A cycle's fallback reserve (`_leased_or_elsewhere`) must come before
+        the registrations after it, as part by part: hence cycles and registers are sent as
+        two pipelines (`register_batch`)."""
+        if not parts:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for part in parts:
+                keys = self.study_keys(sid).for_script(part.script)
+                args = part.args
+                if part.request_id is not None:
+                    keys.append(reply_key(self.prefix, sid, part.request_id))
+                    args = [*args, self.reply_ttl_ms]
+                sha = self._scripts[part.script].sha  # (a cluster pipeline has no .evalsha)
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            raws: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, (part, raw) in enumerate(zip(parts, raws, strict=True)):
+            if isinstance(raw, NoScriptError):
+                raws[i] = await self._study_call(part.script, sid, part.args, part.request_id)
+            elif isinstance(raw, Exception):
+                raise raw
+        return raws
 
     def _batch_parts(
         self,

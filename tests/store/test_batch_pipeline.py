@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ld2.core.errors import BackendUnavailable
-from ld2.store.redis import RedisTable
+from ld2.store.redis import _SOURCES, RedisTable
 from tests.conftest import REAL_BACKENDS, make_table
 from tests.store.helpers import all_results, int_axis, registry, square
 
@@ -109,3 +110,47 @@ async def test_a_batch_a_full_server_refused_is_retried_whole(
         assert (state.done, state.reserved) == (30, 30)
         flats, _ = await all_results(table, sid)
         assert flats == list(range(30))
+
+
+async def test_registrations_land_in_trial_order_when_only_some_scripts_were_lost(
+    redis_table: RedisTable,
+) -> None:
+    """The server lost its scripts and another client has loaded register.lua since: the
+    batch's cycle part meets NOSCRIPT, its plain register part would not. The first trial
+    must still land first (find_exact: its hit is the answer, the second trial's ignored)."""
+    table = redis_table
+    sid = await table.register_study(registry([int_axis("x", 100)], strategy="find_exact",
+                                              target="0x7"))  # fmt: skip
+    held = await _held(table, 2)
+    first, second = (np.zeros(10, dtype=np.int64) for _ in held)
+    first[3] = second[2] = 7
+    await table.client.script_flush()
+    await table.client.script_load(_SOURCES["register"])
+    settled, _ = await table.register_batch(
+        list(zip(held, (first, second), strict=True)), [], 10, "w", lease=60, request_id="s",
+        lease_count=1,
+    )  # fmt: skip
+    assert settled == ["ok", "ignored"]
+    state = await table.get_study(sid)
+    assert state.hit_flat == 3
+    assert [block.start async for block in table.iter_results(sid)] == [0]
+
+
+async def test_a_part_that_leased_nothing_asks_around_before_the_later_trials_land(
+    redis_table: RedisTable,
+) -> None:
+    """Part 0's prefetch is refused near study A's end ('later': few points left beside the
+    leases held); it then asks through every study — before trials 1 and 2 are registered,
+    as part by part — and leases in study B, not in A."""
+    table = redis_table
+    a = await table.register_study(registry([int_axis("x", 60)]), priority=5)
+    b = await table.register_study(registry([int_axis("y", 300)]))
+    held = await _held(table, 3)
+    assert await table.reserve([], 10, "other", lease=60) is not None
+    settled, leased = await table.register_batch(
+        [(r, square(r)) for r in held], [], 5, "w", lease=60, request_id="d", prefetch=True,
+        lease_count=1,
+    )  # fmt: skip
+    assert settled == ["ok"] * 3
+    assert [(r.study_id, r.start) for r in leased] == [(b, 0)]
+    assert (await table.get_study(a)).reserved == 10
