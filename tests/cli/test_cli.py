@@ -167,7 +167,7 @@ def test_end_to_end_with_two_workers(
                 "--max-size",
                 "97",
                 "--exit-when-idle",
-                "8",  # started before the study is submitted
+                "60",  # started before the study is submitted; ends them if the test fails
                 env=env,
             )
             for _ in range(2)
@@ -175,8 +175,10 @@ def test_end_to_end_with_two_workers(
         sub = ld2("submit", str(study), "--wait", env=env)
         assert sub.returncode == 0, sub.stderr
         sid = sub.stdout.splitlines()[0]
-        for w in workers:
-            w.wait(60)
+        for w in workers:  # still serving (not ended by their idle limit yet): stopped
+            assert w.poll() is None
+            w.terminate()
+            assert w.wait(30) == 0
         out = ld2("result", sid, "-o", str(tmp_path / "r.csv"), env=env)
         assert out.returncode == 0, out.stderr
         got = [int(r[2]) for r in list(csv.reader((tmp_path / "r.csv").open()))[1:]]

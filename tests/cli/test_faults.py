@@ -115,7 +115,7 @@ def test_redis_killed_and_restarted_from_its_aof_mid_sweep(tmp_path: Path) -> No
             waited = ld2("submit", str(study), "--wait", env=env, timeout=180)
             assert waited.returncode == 0, waited.stderr
             for w in workers:
-                assert w.wait(60) == 0  # rode out the outage, then went idle
+                _still_serving_then_stopped(w)  # rode out the outage
             out = ld2("result", "aof", "-o", str(tmp_path / "r.csv"), env=env)
             assert out.returncode == 0, out.stderr
             rows = list(csv.reader((tmp_path / "r.csv").open()))[1:]
@@ -126,6 +126,15 @@ def test_redis_killed_and_restarted_from_its_aof_mid_sweep(tmp_path: Path) -> No
             if w.poll() is None:
                 w.kill()
                 w.wait()
+
+
+def _still_serving_then_stopped(worker: subprocess.Popen[str]) -> None:
+    """The worker lived through the fault (it is still running, not ended by it) and stops
+    cleanly on SIGTERM — rather than waiting out its --exit-when-idle, which only ends it if
+    the test fails."""
+    assert worker.poll() is None, f"the worker ended (exit {worker.returncode})"
+    worker.terminate()
+    assert worker.wait(30) == 0
 
 
 def _results(tmp_path: Path, name: str, env: dict[str, str]) -> list[list[str]]:
@@ -165,7 +174,7 @@ def test_dropped_connections_and_a_full_redis_are_ridden_out(tmp_path: Path) -> 
             waited = ld2("submit", str(study), "--wait", env=env, timeout=180)
             assert waited.returncode == 0, waited.stderr
             for w in workers:
-                assert w.wait(60) == 0
+                _still_serving_then_stopped(w)
         finally:
             for w in workers:
                 if w.poll() is None:
@@ -272,7 +281,7 @@ def test_api_killed_and_restarted_while_workers_use_it(tmp_path: Path) -> None:
             with _api(url, api_port):
                 waited = ld2("submit", str(study), "--wait", "--api", api, timeout=180)
                 assert waited.returncode == 0, waited.stderr
-                assert worker.wait(60) == 0
+                _still_serving_then_stopped(worker)
         finally:
             if worker.poll() is None:
                 worker.kill()
