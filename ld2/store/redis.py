@@ -72,6 +72,7 @@ from ld2.store.index import StudyIndex
 from ld2.store.keys import StudyKeys, global_key, lua_prelude, reply_key
 from ld2.store.packing import fast, pack_fast
 from ld2.store.replies import Lease, Reply, Word
+from ld2.store.wake import WakeReader
 
 _SCRIPTS = (
     "heartbeat", "fail", "reap", "create", "control", "touch_worker", "retry", "name", "live",
@@ -256,6 +257,9 @@ class RedisTable(Table):
         self._ready = not self._cluster  # a cluster client is initialised on first use
         self._connecting: asyncio.Lock | None = None
         self._client_options: dict[str, Any] = {}
+        self.waking = WakeReader(
+            lambda: self.client, self._g("wake"), self._longest_block, WAKE_ENTRIES
+        )
 
     @classmethod
     def from_url(
@@ -343,6 +347,7 @@ class RedisTable(Table):
         await health.check_eviction(self.client, self.url, allow=allow)
 
     async def close(self) -> None:
+        await self.waking.close()
         await self.client.aclose()
 
     # -- studies -----------------------------------------------
@@ -624,12 +629,9 @@ class RedisTable(Table):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None  # nothing woke it: the caller looks again after its own wait
-            block = min(left, self._longest_block())
-            woken = await self.client.xread(
-                {self._g("wake"): mark}, count=WAKE_ENTRIES, block=max(1, int(block * 1000))
-            )
-            if woken:
-                mark = woken[0][1][-1][0]
+            woken = await self.waking.woken_after(mark, left)  # one XREAD for every waiter
+            if woken is not None:
+                mark = woken
                 got = await self._reserve_once(*ask, fresh=True)
         return got
 

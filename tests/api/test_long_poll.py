@@ -34,7 +34,9 @@ asyncio.run(main())
 
 async def _xreads(client: aioredis.Redis) -> int:
     """Connections blocked in XREAD (the API's long polls)."""
-    return sum(1 for c in await client.client_list() if c.get("cmd") == "xread")
+    return sum(
+        1 for c in await client.client_list() if c.get("cmd") == "xread" and "b" in c["flags"]
+    )  # (flag b: blocked now; a connection's last command stays "xread" once it is back idle)
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "json"])

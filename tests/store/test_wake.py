@@ -192,3 +192,70 @@ async def test_a_wait_longer_than_the_socket_timeout_is_no_outage(
         assert await table.reserve([], 5, "idle", wait=1.0) is None
     finally:
         await table.close()
+
+
+@pytest.mark.parametrize("engine", [b for b in BACKENDS if b in ("redis", "valkey")])
+async def test_waiting_reserves_share_one_blocked_connection(
+    request: pytest.FixtureRequest, engine: str
+) -> None:
+    """Twenty idle workers (or API long polls) of one process wait on one XREAD, not twenty
+    connections blocked; a study registered then wakes every one of them."""
+    async with make_table(request, engine) as table:
+        waiting = [
+            asyncio.create_task(table.reserve([], 1, f"idle{k}", wait=MAX_WAIT)) for k in range(20)
+        ]
+        try:
+            with anyio.fail_after(BOUND):
+                while table.waking.waiters < 20 or not await _blocked_xreads(table):
+                    await asyncio.sleep(0.01)
+            assert await _blocked_xreads(table) == 1
+            await _twin(table).register_study(registry([int_axis("x", 40)]))
+            with anyio.fail_after(BOUND):
+                got = await asyncio.gather(*waiting)
+        finally:
+            for task in waiting:
+                task.cancel()
+        assert all(r is not None for r in got)
+        assert len({r.trial_id for r in got if r is not None}) == 20
+
+
+async def _blocked_xreads(table: RedisTable) -> int:
+    """Connections blocked in XREAD now (flag b; its last command stays "xread" after)."""
+    found = await table.client.client_list()
+    return sum(1 for c in found if c.get("cmd") == "xread" and "b" in c["flags"])
+
+
+async def test_a_failed_wake_read_reaches_every_waiter_and_the_next_wait_reads_again(
+    redis_table: RedisTable,
+) -> None:
+    """The shared XREAD failing (Redis gone) ends each waiting reserve with the "not now"
+    error every caller retries — none is left waiting on a reader that is no more — and a
+    reserve waiting afterwards starts a new read."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from ld2.core.errors import BackendUnavailable
+
+    table = redis_table
+    real = table.client.xread
+    reads: list[int] = []
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        if len(reads) == 1:
+            while table.waking.waiters < 3:
+                await asyncio.sleep(0.005)
+            raise RedisConnectionError("connection lost")
+        return await real(*args, **kwargs)
+
+    table.client.xread = failing  # type: ignore[method-assign]
+    try:
+        with anyio.fail_after(BOUND):
+            outcomes = await asyncio.gather(
+                *(table.reserve([], 1, f"idle{k}", wait=MAX_WAIT) for k in range(3)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(o, BackendUnavailable) for o in outcomes), outcomes
+        assert await table.reserve([], 1, "later", wait=0.2) is None  # read again, timed out
+        assert len(reads) >= 2
+    finally:
+        table.client.xread = real  # type: ignore[method-assign]
