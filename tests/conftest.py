@@ -143,6 +143,7 @@ async def make_table(
     try:
         yield table
     finally:
+        await table.waking.close()  # (its shared wake-up read, if a reserve waited)
         client = table.client
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
         if keys:

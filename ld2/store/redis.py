@@ -331,13 +331,20 @@ class RedisTable(Table):
     async def _study_call(
         self, name: str, sid: str, args: Sequence[Any], request_id: str | None = None
     ) -> Any:
-        """Script `name` on study `sid`: its keys (`SCRIPT_KEYS`), then with a request id the
-        reply key, and the reply's expiry after `args`."""
+        """Script `name` on study `sid` (see `_study_script`)."""
+        keys, full = self._study_script(name, sid, args, request_id)
+        return await self._scripts[name](keys=keys, args=full)
+
+    def _study_script(
+        self, name: str, sid: str, args: Sequence[Any], request_id: str | None
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of script `name` on study `sid`: its keys (`SCRIPT_KEYS`),
+        then with a request id the reply key, and the reply's expiry after `args`."""
         keys = self.study_keys(sid).for_script(name)
-        if request_id is not None:
-            keys.append(reply_key(self.prefix, sid, request_id))
-            args = [*args, self.reply_ttl_ms]
-        return await self._scripts[name](keys=keys, args=list(args))
+        if request_id is None:
+            return keys, list(args)
+        keys.append(reply_key(self.prefix, sid, request_id))
+        return keys, [*args, self.reply_ttl_ms]
 
     async def ping(self) -> None:
         await self.client.ping()
@@ -912,7 +919,7 @@ class RedisTable(Table):
                 typed = [
                     results.coerce(v, spec.value_type, spec.vector, t.count)
                     for t, v in finished
-                    if v is not None
+                    if v is not None  # (every one, as checked above)
                 ]
                 order = await self._candidates(frozenset(capacities))
             except (NotFound, InvalidInput):  # said part by part, where the caller expects it
@@ -924,7 +931,9 @@ class RedisTable(Table):
             )  # fmt: skip
         settled: list[Settled] = []
         leased: list[Reservation] = []
-        parts = self._batch_parts(spec, finished, typed, ask, lease, request_id, prefetch,
+        lease_ask = [sid, clamp_max_size(spec, max_size), _clean(worker_id), _clean(worker_name),
+                     self._live_workers, _lease_ms(lease)]  # fmt: skip
+        parts = self._batch_parts(spec, finished, typed, lease_ask, request_id, prefetch,
                                   lease_count)  # fmt: skip
         for group in (parts[:lease_count], parts[lease_count:]):  # cycles, then registers
             for part, raw in zip(group, await self._pipelined(sid, group), strict=True):
@@ -966,11 +975,7 @@ class RedisTable(Table):
             return []
         async with self.client.pipeline(transaction=False) as pipe:
             for part in parts:
-                keys = self.study_keys(sid).for_script(part.script)
-                args = part.args
-                if part.request_id is not None:
-                    keys.append(reply_key(self.prefix, sid, part.request_id))
-                    args = [*args, self.reply_ttl_ms]
+                keys, args = self._study_script(part.script, sid, part.args, part.request_id)
                 sha = self._scripts[part.script].sha  # (a cluster pipeline has no .evalsha)
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             raws: list[Any] = await pipe.execute(raise_on_error=False)
@@ -986,25 +991,21 @@ class RedisTable(Table):
         spec: StudySpec,
         finished: Sequence[tuple[TrialRef, np.ndarray | None]],
         typed: list[np.ndarray],
-        ask: tuple[Collection[str], int, str, str | None],
-        lease: float | None,
+        lease_ask: list[Any],
         request_id: str | None,
         prefetch: bool,
         lease_count: int,
     ) -> list[_Part]:
         """A batch's registrations as script calls, each under `Table.register_batch`'s part
-        id: a cycle (register, then lease in the same study) for the first `lease_count`."""
-        _, max_size, worker_id, worker_name = ask
+        id: a cycle (register, then lease with `lease_ask`, reserve.lua's arguments but the
+        last) for the first `lease_count`."""
         parts: list[_Part] = []
         for i, ((trial, _), values) in enumerate(zip(finished, typed, strict=True)):
             rid = _request_id(part_id(request_id, trial.trial_id))
             args = self._register_args(spec, trial, values)
             ahead = prefetch or i > 0
             if i < lease_count:
-                size = clamp_max_size(spec, max_size)
-                args += [trial.study_id, size, _clean(worker_id), _clean(worker_name),
-                         self._live_workers, _lease_ms(lease), int(ahead)]  # fmt: skip
-                parts.append(_Part("cycle", args, rid, ahead, trial))
+                parts.append(_Part("cycle", [*args, *lease_ask, int(ahead)], rid, ahead, trial))
             else:
                 parts.append(_Part("register", args, rid, ahead, trial))
         return parts

@@ -65,7 +65,7 @@ class WakeReader:
     def _ensure_reading(self, mark: bytes | str) -> asyncio.Event:
         loop = asyncio.get_running_loop()
         if self._changed is None or self._task is None or self._task.get_loop() is not loop:
-            self._changed = asyncio.Event()
+            self._changed = asyncio.Event()  # (a reader of a closed loop is gone with it)
             self._error = None
             if stream_id(mark) > stream_id(self._last):
                 self._last = mark  # read on from the newest mark known

@@ -93,6 +93,7 @@ async def test_a_batch_a_full_server_refused_is_retried_whole(
         sid = await table.register_study(registry([int_axis("x", 100)]))
         held = await _held(table, 3)
         finished = [(r, square(r)) for r in held]
+        before = (await table.client.config_get("maxmemory"))["maxmemory"]
         await table.client.config_set("maxmemory", "1")
         try:
             with pytest.raises(BackendUnavailable, match="full"):
@@ -100,7 +101,7 @@ async def test_a_batch_a_full_server_refused_is_retried_whole(
                     finished, [], 10, "w", lease=60, request_id="oom", lease_count=3
                 )
         finally:
-            await table.client.config_set("maxmemory", "0")
+            await table.client.config_set("maxmemory", before)
         settled, leased = await table.register_batch(
             finished, [], 10, "w", lease=60, request_id="oom", lease_count=3
         )
